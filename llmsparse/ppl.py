@@ -1,0 +1,69 @@
+"""Perplexity with the WikiText-2 protocol of the pruning papers.
+
+Documents are joined with a blank line, tokenized once and cut into non-overlapping windows of
+``seqlen`` tokens; ppl = exp(mean NLL over every predicted token). The number depends on seqlen
+and on the window count, so both are always reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .calibration import read_text
+
+
+class EvaluationError(ValueError):
+    """Evaluation data is missing or too short."""
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    source: str
+    seqlen: int
+    windows: int
+    tokens: int  # predicted tokens: windows * (seqlen - 1)
+
+    def __str__(self) -> str:
+        return f"ppl {self.ppl:.3f} on {self.source} (seqlen {self.seqlen}, {self.windows} windows, {self.tokens} tokens)"
+
+
+def eval_text(source: str) -> str:
+    """Evaluation text: ``wikitext2`` (Hub test split) or a local file whose non-empty lines are documents."""
+    path = Path(source)
+    if path.is_file():
+        if path.suffix in (".jsonl", ".parquet"):
+            return read_text(path)
+        return "\n\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if source == "wikitext2":
+        try:
+            from datasets import load_dataset
+
+            return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
+        except Exception as err:
+            raise EvaluationError(f"could not load the wikitext2 test split from the Hub: {err}") from err
+    raise EvaluationError(f"evaluation text {source!r} is neither a file nor 'wikitext2'")
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, source: str, seqlen: int = 1024, windows: int | None = None) -> PerplexityResult:
+    """Perplexity of ``model`` on ``source`` over the first ``windows`` windows (all when ``None``)."""
+    ids = tokenizer(eval_text(source), return_tensors="pt").input_ids[0]
+    available = ids.numel() // seqlen
+    count = available if windows is None else min(windows, available)
+    if count < 1:
+        raise EvaluationError(f"{source} has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    device = next(model.parameters()).device
+    nll = 0.0
+    for w in tqdm(range(count), desc="perplexity", leave=False):
+        x = ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
+        logits = model(x, use_cache=False).logits[0, :-1].float()
+        nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+    tokens = count * (seqlen - 1)
+    return PerplexityResult(math.exp(nll / tokens), str(source), seqlen, count, tokens)
