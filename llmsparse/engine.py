@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .masks import Pattern
 from .methods import Method, PruneResult
-from .models import DecoderLayout, get_weight, set_weight
+from .models import DecoderLayout, get_weight
 
 
 class CalibrationError(RuntimeError):
@@ -71,12 +71,12 @@ def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]
 
 
 @contextmanager
-def _on_device(modules: list[nn.Module], device: torch.device, dtype: torch.dtype | None = None, write_back=False):
+def _on_device(modules: list[nn.Module], device: torch.device, dtype: torch.dtype | None = None):
     """Temporarily move the *direct* parameters and buffers of ``modules``, casting floats to ``dtype``.
 
-    With ``write_back`` the (pruned) values are copied back into the original tensors on exit.
+    Yields ``{id(parameter): original tensor}`` so callers can update the original (master) weights.
     """
-    saved = []
+    saved = {}
     for module in modules:
         for store in (module._parameters, module._buffers):
             for tensor in store.values():
@@ -86,14 +86,12 @@ def _on_device(modules: list[nn.Module], device: torch.device, dtype: torch.dtyp
                 data = tensor.data
                 moved = data.to(device, cast)
                 if moved is not data:
-                    saved.append((tensor, data))
+                    saved[id(tensor)] = (tensor, data)
                     tensor.data = moved
     try:
-        yield
+        yield {key: data for key, (_, data) in saved.items()}
     finally:
-        for tensor, original in saved:
-            if write_back:
-                original.copy_(tensor.data)
+        for tensor, original in saved.values():
             tensor.data = original
 
 
@@ -239,11 +237,12 @@ def input_groups(layer, matrices: dict[str, nn.Module], h, call, device) -> list
     return [g for _, g in order]
 
 
-def _prune_matrix(method: Method, name, module, stats, sparsity, pattern, storage: torch.dtype) -> PruneResult:
-    weight = get_weight(module)
-    result = method.prune(weight.float(), stats, sparsity, pattern)
-    # Round to the dtype the model is stored in, so the re-run sees exactly the saved weights.
-    set_weight(module, result.weight.to(storage))
+def _prune_matrix(method: Method, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
+    """Prune the master (stored) weight of ``module`` and refresh its compute copy for the re-run."""
+    master = get_weight(module, masters.get(id(module.weight), module.weight.data))
+    result = method.prune(master.to(device, torch.float32), stats, sparsity, pattern)
+    master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
+    get_weight(module).copy_(master)
     return result
 
 
@@ -257,33 +256,37 @@ def prune_layers(
     input_ids: torch.Tensor | None,
     device: torch.device | str = "cpu",
     true_sequential: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> list[MatrixResult]:
-    """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target."""
+    """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target.
+
+    Calibration forwards run in ``dtype`` (default: :func:`compute_dtype`); statistics and the
+    pruning math are float32, and the stored weights keep their own dtype.
+    """
     device = torch.device(device)
     layers = layout.layers
-    storage = next(layers[0].parameters()).dtype
-    dtype = compute_dtype(storage, device)
+    dtype = dtype or compute_dtype(next(layers[0].parameters()).dtype, device)
     results: list[MatrixResult] = []
 
     if not method.needs_calibration:
         for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
             for name, module in targets.get(i, {}).items():
-                with _on_device([module], device, dtype, write_back=True):
-                    result = _prune_matrix(method, name, module, None, sparsities[i], pattern, storage)
+                with _on_device([module], device) as masters:
+                    result = _prune_matrix(method, module, masters, None, sparsities[i], pattern, device)
                 results.append(MatrixResult(name, i, sparsities[i], result))
         return results
 
     hidden, calls = capture_inputs(layout, input_ids, device, dtype)
     for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
         layer, matrices = layers[i], targets.get(i, {})
-        with _on_device(list(layer.modules()), device, dtype, write_back=True):
+        with _on_device(list(layer.modules()), device, dtype) as masters:
             if matrices:
                 groups = input_groups(layer, matrices, hidden[0], calls[i], device) if true_sequential else [list(matrices)]
                 for group in groups:
                     subset = {n: matrices[n] for n in group}
                     stats = collect_stats(layer, subset, hidden, calls[i], device, method.new_stats)
                     for name, module in subset.items():
-                        result = _prune_matrix(method, name, module, stats[name], sparsities[i], pattern, storage)
+                        result = _prune_matrix(method, module, masters, stats[name], sparsities[i], pattern, device)
                         results.append(MatrixResult(name, i, sparsities[i], result))
                     del stats
             if i + 1 < len(layers):

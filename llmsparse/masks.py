@@ -1,7 +1,7 @@
 """Sparsity patterns and the pure mask functions every pruner shares.
 
 A mask is a boolean tensor shaped like the weight, ``True`` where the weight is pruned.
-All selections are exact: ties are broken by ``topk``, so the number of pruned entries is
+All selections are exact: ties at the threshold are broken by position, so the number of pruned entries is
 always the requested count (thresholding with ``<=`` would over-prune on ties).
 """
 
@@ -74,22 +74,26 @@ def check_width(name: str, columns: int, pattern: Pattern) -> None:
         raise SparsityError(f"{name}: {columns} input columns are not divisible by M={pattern.m} of pattern {pattern}")
 
 
-def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune the ``int(cols * sparsity)`` lowest scores of every row."""
-    k = int(scores.shape[1] * sparsity)
+def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the ``k`` lowest entries along the last dimension (ties: the first ones)."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k:
-        mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
+        threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+        mask = scores < threshold
+        ties = scores == threshold
+        missing = k - mask.sum(-1, keepdim=True)
+        mask |= ties & (ties.cumsum(-1) <= missing)
     return mask
+
+
+def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``int(cols * sparsity)`` lowest scores of every row."""
+    return _lowest_k(scores, int(scores.shape[1] * sparsity))
 
 
 def lowest_overall(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the ``int(numel * sparsity)`` lowest scores of the whole tensor (one threshold)."""
-    k = int(scores.numel() * sparsity)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k:
-        mask[torch.topk(scores.flatten(), k, largest=False).indices] = True
-    return mask.view_as(scores)
+    return _lowest_k(scores.flatten(), int(scores.numel() * sparsity)).view_as(scores)
 
 
 def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -36,9 +36,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMSPARSE_CACHE", Path.home() / ".cache" / "llmsparse"))
 
 
-def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``'float32'`` etc. as a torch dtype; ``None``/``'auto'`` stay ``None`` (let the caller decide)."""
     if dtype is None or dtype == "auto":
-        return "auto"
+        return None
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -77,7 +78,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=config,
-            dtype=_torch_dtype(dtype),
+            dtype=parse_dtype(dtype) or "auto",
             trust_remote_code=trust_remote_code,
             revision=revision,
             use_safetensors=True,
@@ -185,15 +186,10 @@ def matrix_modules(module: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
     }
 
 
-def get_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as ``[out_features, in_features]`` (a view; Conv1D stores it transposed)."""
-    return module.weight.data if isinstance(module, nn.Linear) else module.weight.data.t()
+def get_weight(module: nn.Module, tensor: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight (or ``tensor`` stored like it) as an ``[out_features, in_features]`` view.
 
-
-def set_weight(module: nn.Module, weight: torch.Tensor) -> None:
-    """Write an ``[out_features, in_features]`` matrix back in the module's own layout and dtype."""
-    get_weight(module).copy_(weight)
-
-
-def in_features(module: nn.Module) -> int:
-    return get_weight(module).shape[1]
+    ``nn.Linear`` stores ``[out, in]``; GPT-2's ``Conv1D`` stores the transpose.
+    """
+    data = module.weight.data if tensor is None else tensor
+    return data if isinstance(module, nn.Linear) else data.t()

@@ -12,7 +12,7 @@ from torch import nn
 from . import engine, masks
 from .calibration import CalibrationDataError, calibration_ids
 from .methods import get_method
-from .models import ModelError, find_layers, get_weight, matrix_modules
+from .models import ModelError, parse_dtype, find_layers, get_weight, matrix_modules
 from .report import MatrixReport, PruneReport
 
 
@@ -57,6 +57,7 @@ def prune(
     true_sequential: bool = False,
     method_options: dict | None = None,
     device: str | torch.device | None = None,
+    compute_dtype: str | torch.dtype | None = None,
     text_field: str = "text",
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
@@ -66,6 +67,10 @@ def prune(
     Calibrated methods need ``calib``: a file path, a Hub name (``c4``, ``wikitext2``, ``ptb``),
     ``'self'`` (text the model generates) or a ready ``[nsamples, seqlen]`` id tensor. Defaults
     (128 x 2048 tokens, seed 0) follow the papers. Every input is checked before any weight changes.
+
+    ``compute_dtype`` sets the dtype of the calibration forward passes (default: the model's,
+    float32 for float16 models on CPU); statistics and pruning math are always float32 and the
+    model keeps its own dtype.
     """
     pruner = get_method(method, **(method_options or {}))
     sparsity, pat = masks.resolve_target(sparsity, pattern)
@@ -99,7 +104,8 @@ def prune(
     was_training = model.training
     model.eval()
     try:
-        results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, true_sequential)
+        dtype = parse_dtype(compute_dtype)
+        results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, true_sequential, dtype)
     finally:
         model.train(was_training)
     finished = time.perf_counter()

@@ -36,6 +36,7 @@ class PruneReport:
     matrices: list[MatrixReport]
     calibration: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. {"perplexity": {"dense": ..., "sparse": ...}}
 
     @property
     def global_sparsity(self) -> float:

@@ -32,14 +32,30 @@ class InputNorms:
 
 
 class Hessian:
-    """SparseGPT's ``H = (2/N) * sum over tokens x x^T`` (N = sequences seen), in float32."""
+    """SparseGPT's ``H = (2/N) * sum over tokens x x^T`` (N = sequences seen), in float32.
+
+    Only the block upper triangle is accumulated (``H`` is symmetric; torch has no SYRK), which
+    saves up to half the multiply-adds for wide inputs; :attr:`H` mirrors it when read.
+    """
+
+    block = 256
 
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
-        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self._upper = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self._full: torch.Tensor | None = None
         self.sequences = 0
 
     def update(self, x: torch.Tensor) -> None:
         tokens, b = _tokens(x)
         n = self.sequences
-        self.H.mul_(n / (n + b)).addmm_(tokens.t(), tokens, alpha=2 / (n + b))
+        for i in range(0, tokens.shape[1], self.block):
+            rows = self._upper[i : i + self.block, i:]
+            rows.mul_(n / (n + b)).addmm_(tokens[:, i : i + self.block].t(), tokens[:, i:], alpha=2 / (n + b))
         self.sequences = n + b
+        self._full = None
+
+    @property
+    def H(self) -> torch.Tensor:
+        if self._full is None:
+            self._full = self._upper.triu() + self._upper.triu(1).t()
+        return self._full

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,8 +19,10 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, per_
 
 @dataclass
 class MagnitudeConfig:
-    scope: str = "matrix"
-    """'matrix': one threshold over the whole matrix (the Wanda paper's baseline); 'row': per output row."""
+    scope: str = field(
+        default="matrix",
+        metadata={"help": "'matrix': one threshold over the whole matrix (the Wanda paper's baseline); 'row': per output row"},
+    )
 
     def __post_init__(self):
         if self.scope not in ("matrix", "row"):

@@ -7,7 +7,7 @@ not-yet-processed columns through the upper Cholesky factor of ``H^-1``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -100,10 +100,11 @@ def sparsegpt_prune(
 
 @dataclass
 class SparseGPTConfig:
-    blocksize: int = 128
-    """Columns per lazy-update block (the paper's 128)."""
-    percdamp: float = 0.01
-    """Dampening added to the Hessian diagonal, as a fraction of its mean (grown automatically if factoring fails)."""
+    blocksize: int = field(default=128, metadata={"help": "columns per lazy-update block"})
+    percdamp: float = field(
+        default=0.01,
+        metadata={"help": "dampening added to the Hessian diagonal as a fraction of its mean; grown (and reported) if factoring fails"},
+    )
 
 
 @register

@@ -1,0 +1,175 @@
+"""Command line: ``llmsparse prune``, ``llmsparse eval``, ``llmsparse methods`` (thin over the Python API)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .calibration import HUB_DATASETS, SELF, CalibrationDataError
+from .engine import CalibrationError
+from .export import check_output_dir, save_pruned
+from .masks import resolve_target
+from .methods import METHODS, get_method
+from .methods.sparsegpt import HessianError
+from .models import load_model
+from .ppl import perplexity
+from .pruning import prune
+from .recipe import RECIPE_KEYS, load_recipe
+
+# Defaults of `prune` options when neither the command line nor a recipe sets them (the papers' values).
+PRUNE_DEFAULTS = {"method": "wanda", "nsamples": 128, "seqlen": 2048, "seed": 0, "true_sequential": False}
+
+
+def _method_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per method option, generated from each method's config dataclass: ``--<method>-<option>``."""
+    group = parser.add_argument_group("method options (defaults follow the papers)")
+    for name, cls in sorted(METHODS.items()):
+        for f in dataclasses.fields(cls.Config):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            group.add_argument(
+                f"--{name}-{f.name.replace('_', '-')}",
+                dest=f"opt:{name}:{f.name}",
+                type=type(default) if default is not None else str,
+                default=None,
+                metavar=f.name.upper(),
+                help=f"{name}: {f.metadata.get('help', '')} (default {default})",
+            )
+
+
+def _common_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Hub id, local HF directory, .gguf file, or 'gemma-3-270m' (bundled Gemma 3 270M)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weight dtype to load (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub to run (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmsparse", description="Post-training sparsity for causal language models.")
+    parser.add_argument("--version", action="version", version=f"llmsparse {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="one-shot, layer-by-layer pruning", description="Prune the decoder Linear layers of a causal LM.")
+    _common_model_flags(p)
+    p.add_argument("--recipe", help="YAML recipe with prune() arguments; flags given on the command line override it")
+    p.add_argument("--method", choices=sorted(METHODS), help="pruning method (default wanda)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights set to zero, in [0, 1) (implied by an N:M pattern)")
+    p.add_argument("--pattern", help="'unstructured' (default) or N:M, e.g. 2:4 = 2 zeros in every 4 consecutive inputs")
+    p.add_argument("--calib", help=f"calibration data: a .txt/.jsonl/.parquet file, a Hub dataset ({', '.join(HUB_DATASETS)}), or '{SELF}' (text the model generates)")
+    p.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files (default text)")
+    p.add_argument("--nsamples", type=int, help="calibration sequences (default 128)")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration sequence (default 2048)")
+    p.add_argument("--seed", type=int, help="seed for the calibration windows (default 0)")
+    p.add_argument("--targets", nargs="+", metavar="REGEX", help="prune only matrices whose name matches one of these regexes")
+    p.add_argument("--ignore", nargs="+", metavar="REGEX", help="skip matrices whose name matches one of these regexes")
+    p.add_argument("--true-sequential", action="store_true", default=None, help="re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)")
+    p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="dtype of the calibration forward passes (default: the model's; statistics and pruning math are float32 either way)")
+    p.add_argument("--output", help="directory for the pruned model (safetensors, tokenizer, recipe.yaml, sparsity_report.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--eval-ppl", metavar="TEXT", help="also measure perplexity before and after pruning on a text file or 'wikitext2'")
+    p.add_argument("--ppl-seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
+    p.add_argument("--ppl-windows", type=int, help="perplexity windows to use (default: all)")
+    _method_option_flags(p)
+
+    e = sub.add_parser("eval", help="perplexity of a model", description="Perplexity with the WikiText-2 protocol of the pruning papers.")
+    _common_model_flags(e)
+    e.add_argument("--ppl", required=True, metavar="TEXT", help="text file (non-empty lines are documents) or 'wikitext2'")
+    e.add_argument("--seqlen", type=int, default=1024, help="window length (default 1024)")
+    e.add_argument("--windows", type=int, help="number of windows from the start (default: all)")
+
+    sub.add_parser("methods", help="list pruning methods and their options")
+    return parser
+
+
+def _prune_settings(args: argparse.Namespace) -> dict:
+    """Merge defaults < recipe < command-line flags into prune() keyword arguments."""
+    settings = dict(PRUNE_DEFAULTS)
+    if args.recipe:
+        settings.update(load_recipe(args.recipe))
+    for key in RECIPE_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    options = dict(settings.get("method_options") or {})
+    for dest, value in vars(args).items():
+        if dest.startswith("opt:") and value is not None:
+            _, method, option = dest.split(":")
+            if method != settings["method"]:
+                raise ValueError(f"--{method}-{option.replace('_', '-')} is an option of {method}, not of {settings['method']}")
+            options[option] = value
+    settings["method_options"] = options
+    return settings
+
+
+def _device(args):
+    import torch
+
+    from .pruning import default_device
+
+    return torch.device(args.device) if args.device else default_device()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _prune_settings(args)
+    # Check everything that can be checked before the (slow) model load.
+    method = get_method(settings["method"], **settings["method_options"])
+    resolve_target(settings.get("sparsity"), settings.get("pattern"))
+    calib = settings.get("calib")
+    if method.needs_calibration:
+        if calib is None:
+            raise CalibrationDataError(f"method {method.name!r} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
+        if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
+            raise CalibrationDataError(f"calibration file {calib!r} does not exist")
+    if args.output:
+        check_output_dir(args.output, args.overwrite)
+
+    model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
+    device = _device(args)
+    if args.eval_ppl:
+        model.to(device)
+        dense = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
+    report = prune(model, tokenizer, device=device, compute_dtype=args.compute_dtype, text_field=args.calib_field, **settings)
+    print(report.table())
+    if args.eval_ppl:
+        model.to(device)
+        sparse = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
+        report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
+        print(f"dense  {dense}\nsparse {sparse}")
+    if args.output:
+        recipe = dict(settings, calib=report.calibration["source"] if report.calibration else calib)
+        out = save_pruned(model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, overwrite=args.overwrite)
+        print(f"saved to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
+    model.to(_device(args))
+    print(perplexity(model, tokenizer, args.ppl, args.seqlen, args.windows))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for name, cls in sorted(METHODS.items()):
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)) or "no options"
+        data = "calibration data" if cls.needs_calibration else "no data"
+        print(f"{name:<10} ({data}): {opts}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"prune": cmd_prune, "eval": cmd_eval, "methods": cmd_methods}[args.command](args)
+    except (ValueError, OSError, CalibrationError, HessianError) as err:
+        print(f"llmsparse: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
