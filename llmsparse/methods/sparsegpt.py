@@ -40,8 +40,9 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, tries: int = 6, gro
             if info == 0:
                 return U, damp
         if attempt + 1 < tries:
-            log.warning("Hessian not positive definite with percdamp=%g; retrying with %g", damp, damp * growth)
-            damp *= growth
+            grown = damp * growth if damp > 0 else 0.01
+            log.warning("Hessian not positive definite with percdamp=%g; retrying with %g", damp, grown)
+            damp = grown
     raise HessianError(f"Hessian could not be factored even with percdamp={damp:g} (after {tries} tries)")
 
 

@@ -1,0 +1,163 @@
+"""The layer-sequential engine on tiny random models of several architectures."""
+
+import pytest
+import torch
+from conftest import ARCHS, tiny_model
+
+import llmsparse
+from llmsparse import engine
+from llmsparse.models import ModelError, find_layers, get_weight, matrix_modules
+from llmsparse.stats import InputNorms
+
+
+def pruned_weights(model):
+    layout = find_layers(model)
+    out = {}
+    for i, layer in enumerate(layout.layers):
+        out.update({n: get_weight(m) for n, m in matrix_modules(layer, layout.layer_name(i)).items()})
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", [None, "2:4", "4:8"])
+def test_every_method_and_pattern_runs_exactly(arch, method, pattern, calib_ids):
+    model = tiny_model(arch)
+    outside = {k: v.clone() for k, v in model.state_dict().items() if "layers" not in k and ".h." not in k}
+    report = llmsparse.prune(
+        model, method=method, sparsity=None if pattern else 0.5, pattern=pattern, calib=calib_ids, device="cpu"
+    )
+    weights = pruned_weights(model)
+    assert len(report.matrices) == len(weights) > 0
+    for name, w in weights.items():
+        zeros = w == 0
+        if pattern:
+            n, m = map(int, pattern.split(":"))
+            assert (zeros.view(w.shape[0], -1, m).sum(-1) == n).all(), name
+        elif method == "wanda":
+            assert (zeros.sum(1) == w.shape[1] // 2).all(), name
+        elif method == "magnitude":
+            assert zeros.sum() == w.numel() // 2, name
+        else:  # SparseGPT: exact per block of 128 columns over all rows
+            assert zeros.sum() == w.numel() // 2, name
+    assert report.global_sparsity == pytest.approx(0.5)
+    for k, v in model.state_dict().items():  # embeddings, final norm and lm_head untouched
+        if k in outside:
+            assert torch.equal(v, outside[k]), k
+    logits = model(calib_ids[:1]).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_sparsity_zero_is_identity(method, calib_ids):
+    model = tiny_model("gemma3")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    llmsparse.prune(model, method=method, sparsity=0.0, calib=calib_ids, device="cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gpt2", "opt"])
+def test_captured_layer_inputs_reproduce_the_model(arch, calib_ids):
+    """Every layer run with its own recorded arguments gives the model's hidden states (sliding + global layers)."""
+    model = tiny_model(arch)
+    layout = find_layers(model)
+    hidden, calls = engine.capture_inputs(layout, calib_ids[:2], torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        reference = model(calib_ids[:2], output_hidden_states=True).hidden_states
+    for i, layer in enumerate(layout.layers[:-1]):
+        hidden = [engine._forward(layer, h, calls[i], torch.device("cpu")) for h in hidden]
+        torch.testing.assert_close(torch.cat(hidden), reference[i + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_wanda_in_the_engine_uses_the_layer_inputs(calib_ids):
+    """First layer's q_proj mask equals a brute-force Wanda mask from the model's own activations."""
+    model = tiny_model("llama")
+    layer0 = model.model.layers[0]
+    with torch.no_grad():
+        h0 = model(calib_ids, output_hidden_states=True).hidden_states[0]
+        x = layer0.input_layernorm(h0)
+    W = layer0.self_attn.q_proj.weight.detach().clone()
+    norm2 = (x**2).sum(1).mean(0)
+    scores = W.abs() * norm2.sqrt()
+    expected = torch.zeros_like(W, dtype=torch.bool)
+    for r in range(W.shape[0]):
+        expected[r, torch.argsort(scores[r])[: W.shape[1] // 2]] = True
+    llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu")
+    assert torch.equal(layer0.self_attn.q_proj.weight == 0, expected)
+
+
+def test_shared_inputs_share_statistics(calib_ids):
+    model = tiny_model("llama")
+    layout = find_layers(model)
+    hidden, calls = engine.capture_inputs(layout, calib_ids, torch.device("cpu"), torch.float32)
+    layer = layout.layers[0]
+    matrices = matrix_modules(layer, "l0")
+    stats = engine.collect_stats(layer, matrices, hidden, calls[0], torch.device("cpu"), lambda c, d: InputNorms(c, d))
+    assert stats["l0.self_attn.q_proj"] is stats["l0.self_attn.k_proj"] is stats["l0.self_attn.v_proj"]
+    assert stats["l0.mlp.gate_proj"] is stats["l0.mlp.up_proj"]
+    assert stats["l0.self_attn.q_proj"] is not stats["l0.mlp.gate_proj"]
+    assert stats["l0.mlp.down_proj"].sequences == len(calib_ids)
+    groups = engine.input_groups(layer, matrices, hidden[0], calls[0], torch.device("cpu"))
+    assert [len(g) for g in groups] == [3, 1, 2, 1]
+
+
+def test_true_sequential_changes_later_groups_only(calib_ids):
+    a, b = tiny_model("qwen2"), tiny_model("qwen2")
+    llmsparse.prune(a, method="sparsegpt", sparsity=0.5, calib=calib_ids, device="cpu")
+    report = llmsparse.prune(b, method="sparsegpt", sparsity=0.5, calib=calib_ids, device="cpu", true_sequential=True)
+    wa, wb = pruned_weights(a), pruned_weights(b)
+    assert torch.equal(wa["model.layers.0.self_attn.q_proj"], wb["model.layers.0.self_attn.q_proj"])
+    assert not torch.equal(wa["model.layers.0.mlp.down_proj"], wb["model.layers.0.mlp.down_proj"])
+    assert report.options["true_sequential"] is True
+
+
+def test_targets_and_ignore(calib_ids):
+    model = tiny_model("llama")
+    report = llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, ignore=[r"mlp\."], device="cpu")
+    assert report.matrices and all("self_attn" in m.name for m in report.matrices)
+    assert (model.model.layers[0].mlp.up_proj.weight != 0).all()
+    report = llmsparse.prune(tiny_model("llama"), method="magnitude", sparsity=0.5, targets=[r"\.0\.mlp\.down"])
+    assert [m.name for m in report.matrices] == ["model.layers.0.mlp.down_proj"]
+    with pytest.raises(ModelError, match="no matrices"):
+        llmsparse.prune(tiny_model("llama"), method="magnitude", sparsity=0.5, targets=["nothing-matches"])
+
+
+def test_float16_model_keeps_dtype_and_zeros(calib_ids):
+    model = tiny_model("llama").half()
+    llmsparse.prune(model, method="sparsegpt", sparsity=0.5, calib=calib_ids, device="cpu")
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert w.dtype == torch.float16 and (w == 0).sum() == w.numel() // 2
+
+
+def test_bfloat16_compute_prunes_float32_masters(calib_ids):
+    model = tiny_model("gemma3")
+    report = llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu", compute_dtype="bfloat16")
+    w = model.model.layers[0].self_attn.q_proj.weight
+    assert w.dtype == torch.float32 and report.global_sparsity == pytest.approx(0.5)
+    assert (w.to(torch.bfloat16).float() != w).any()  # masters were not rounded to the compute dtype
+
+
+def test_width_not_divisible_is_refused_before_pruning(calib_ids):
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(llmsparse.SparsityError, match="not divisible"):
+        llmsparse.prune(model, method="wanda", pattern="3:7", calib=calib_ids)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unsupported_architecture_is_named():
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ModelError, match="unsupported architecture Flat"):
+        llmsparse.prune(Flat(), method="magnitude", sparsity=0.5)
+
+
+def test_calibration_required(calib_ids):
+    with pytest.raises(llmsparse.CalibrationDataError, match="needs calibration data"):
+        llmsparse.prune(tiny_model("llama"), method="wanda", sparsity=0.5)
+    with pytest.raises(llmsparse.CalibrationDataError, match="exceeds"):
+        llmsparse.prune(tiny_model("gpt2"), method="wanda", sparsity=0.5, calib=torch.zeros(2, 512, dtype=torch.long))
