@@ -54,6 +54,15 @@ def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, H: torch.
     return ((both[:rows] * delta).sum() / (both[rows:] * original).sum().clamp_min(1e-30)).item()
 
 
+def prepare_hessian(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(dead inputs, upper Cholesky factor of the damped H^-1, percdamp used)``; dead inputs get ``H_jj = 1``."""
+    H = H.clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1
+    U, damp = inverse_hessian_factor(H, percdamp)
+    return dead, U, damp
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     H: torch.Tensor,
@@ -61,20 +70,19 @@ def sparsegpt_prune(
     pattern: Pattern,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    prepared: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Prune ``weight`` (``[out, in]``) given the input Hessian ``H``; returns ``(new weight, percdamp used)``.
 
     Unstructured: one mask per block of columns from ``w^2 / U_ii^2`` over all rows x block columns.
     N:M: at every M-th column, the N lowest scores of the next M columns, on the already updated weights.
+    ``prepared`` (from :func:`prepare_hessian`) lets matrices that share an input share the factorisation.
     """
     if pattern.structured and blocksize % pattern.m:
         raise masks.SparsityError(f"SparseGPT blocksize {blocksize} must be a multiple of M={pattern.m}")
+    dead, U, damp = prepared or prepare_hessian(H, percdamp)
     W = weight.detach().clone().float()
-    H = H.clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1
     W[:, dead] = 0
-    U, damp = inverse_hessian_factor(H, percdamp)
     columns = W.shape[1]
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
@@ -90,11 +98,10 @@ def sparsegpt_prune(
             if pattern.structured and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
                 mask1[:, group] = masks.lowest_n_of_m(W1[:, group].pow(2) / d[group].pow(2), pattern.n, pattern.m)
-            w = W1[:, i]
-            err = torch.where(mask1[:, i], w, 0.0) / d[i]
-            W1[:, i:].sub_(torch.outer(err, U1[i, i:]))
-            W1[:, i].masked_fill_(mask1[:, i], 0.0)  # exact zeros, whatever the rounding of the update
+            err = torch.where(mask1[:, i], W1[:, i], 0.0).div_(d[i])
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
             Err1[:, i] = err
+        W1.masked_fill_(mask1, 0.0)  # exact zeros, whatever the rounding of the updates
         W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
     return W, damp
 
@@ -117,6 +124,11 @@ class SparseGPT(Method):
         return Hessian(columns, device)
 
     def prune(self, weight, stats, sparsity, pattern):
-        new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp)
+        # q/k/v (and gate/up) share one Hessian object: factor it once for all of them.
+        key = ("sparsegpt", self.config.percdamp)
+        if getattr(stats, "prepared", (None,))[0] != key:
+            stats.prepared = (key, prepare_hessian(stats.H, self.config.percdamp))
+        prepared = stats.prepared[1]
+        new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp, prepared)
         notes = {"percdamp": damp} if damp != self.config.percdamp else {}
         return PruneResult(new, error=reconstruction_error(weight.float(), new, stats.H), notes=notes)
