@@ -87,7 +87,7 @@ def calibration_ids(
 
 
 @torch.no_grad()
-def generate_self(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 8) -> torch.Tensor:
+def generate_self(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 32) -> torch.Tensor:
     """Sequences sampled from the model (from its BOS token), as data-free calibration."""
     from tqdm.auto import tqdm
 
