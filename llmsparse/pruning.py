@@ -12,7 +12,7 @@ from torch import nn
 from . import engine, masks
 from .calibration import CalibrationDataError, calibration_ids
 from .methods import get_method
-from .models import ModelError, parse_dtype, find_layers, get_weight, matrix_modules
+from .models import ModelError, find_layers, get_weight, matrix_modules, parse_dtype
 from .report import MatrixReport, PruneReport
 
 
@@ -73,6 +73,11 @@ def prune(
     model keeps its own dtype.
     """
     pruner = get_method(method, **(method_options or {}))
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ModelError(
+            "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
+            "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
+        )
     sparsity, pat = masks.resolve_target(sparsity, pattern)
     layout = find_layers(model)
     chosen = select_targets(model, targets, ignore)

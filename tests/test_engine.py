@@ -161,3 +161,10 @@ def test_calibration_required(calib_ids):
         llmsparse.prune(tiny_model("llama"), method="wanda", sparsity=0.5)
     with pytest.raises(llmsparse.CalibrationDataError, match="exceeds"):
         llmsparse.prune(tiny_model("gpt2"), method="wanda", sparsity=0.5, calib=torch.zeros(2, 512, dtype=torch.long))
+
+
+def test_offloaded_model_is_refused():
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.up_proj.to("meta")
+    with pytest.raises(ModelError, match="device_map"):
+        llmsparse.prune(model, method="magnitude", sparsity=0.5)
