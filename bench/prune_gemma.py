@@ -24,7 +24,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitex
 ROWS = ["dense", "magnitude:unstructured", "wanda:unstructured", "sparsegpt:unstructured", "wanda:2:4", "sparsegpt:2:4"]
 
 
-def run_one(row: str, compute_dtype: str, windows: int) -> dict:
+def run_one(row: str, compute_dtype: str, windows: int, seed: int) -> dict:
     import llmsparse
 
     model, tok = llmsparse.load_model("gemma-3-270m")
@@ -41,7 +41,7 @@ def run_one(row: str, compute_dtype: str, windows: int) -> dict:
             calib=str(DATA / "wiki.valid.tokens"),
             nsamples=32,
             seqlen=512,
-            seed=0,
+            seed=seed,
             device="cpu",
             compute_dtype=compute_dtype,
         )
@@ -55,20 +55,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compute-dtype", default="auto", help="dtype of the calibration forwards (auto = float32 here)")
     parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="calibration seed")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="run only these rows")
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.compute_dtype, args.windows)))
+        print(json.dumps(run_one(args.child, args.compute_dtype, args.windows, args.seed)))
         return
     results = []
     for row in args.only or ROWS:
-        cmd = [sys.executable, __file__, "--child", row, "--compute-dtype", args.compute_dtype, "--windows", str(args.windows)]
+        cmd = [sys.executable, __file__, "--child", row, "--compute-dtype", args.compute_dtype, "--windows", str(args.windows), "--seed", str(args.seed)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(f"done {row}", file=sys.stderr)
-    print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens, compute dtype {args.compute_dtype}, ppl wiki.test.raw seqlen 1024 x {args.windows} windows")
+    print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens (seed {args.seed}), compute dtype {args.compute_dtype}, ppl wiki.test.raw seqlen 1024 x {args.windows} windows")
     print(f"| {'method':<10} | {'pattern':<12} | {'prune s':>7} | {'peak RSS GiB':>12} | {'ppl':>8} |")
     print(f"|{'-' * 12}|{'-' * 14}|{'-' * 9}|{'-' * 14}|{'-' * 10}|")
     for r in results:
