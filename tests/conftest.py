@@ -24,6 +24,10 @@ def tiny_config(arch: str):
         return transformers.MistralConfig(num_hidden_layers=2, num_key_value_heads=2, sliding_window=16, **common)
     if arch == "qwen2":
         return transformers.Qwen2Config(num_hidden_layers=2, num_key_value_heads=2, **common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(num_hidden_layers=2, num_key_value_heads=2, head_dim=16, **common)
+    if arch == "gemma2":
+        return transformers.Gemma2Config(num_hidden_layers=2, num_key_value_heads=2, head_dim=16, sliding_window=8, **common)
     if arch == "gemma3":
         return transformers.Gemma3TextConfig(
             num_hidden_layers=3,
@@ -45,7 +49,7 @@ def tiny_config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "mistral", "qwen2", "gemma3", "phi3", "gpt2", "opt"]
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2", "opt"]
 
 
 def tiny_model(arch: str, seed: int = 0):

@@ -57,7 +57,7 @@ def test_sparsity_zero_is_identity(method, calib_ids):
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "gpt2", "opt"])
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "gpt2", "opt"])
 def test_captured_layer_inputs_reproduce_the_model(arch, calib_ids):
     """Every layer run with its own recorded arguments gives the model's hidden states (sliding + global layers)."""
     model = tiny_model(arch)
