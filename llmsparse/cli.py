@@ -17,7 +17,7 @@ from .methods import METHODS, get_method
 from .methods.sparsegpt import HessianError
 from .models import load_model
 from .ppl import perplexity
-from .pruning import prune
+from .pruning import prune, resolve_device
 from .recipe import RECIPE_KEYS, load_recipe
 
 # Defaults of `prune` options when neither the command line nor a recipe sets them (the papers' values).
@@ -105,14 +105,6 @@ def _prune_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def _device(args):
-    import torch
-
-    from .pruning import default_device
-
-    return torch.device(args.device) if args.device else default_device()
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _prune_settings(args)
     # Check everything that can be checked before the (slow) model load.
@@ -128,7 +120,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_output_dir(args.output, args.overwrite)
 
     model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
-    device = _device(args)
+    device = resolve_device(args.device)
     if args.eval_ppl:
         model.to(device)
         dense = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
@@ -148,7 +140,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
-    model.to(_device(args))
+    model.to(resolve_device(args.device))
     print(perplexity(model, tokenizer, args.ppl, args.seqlen, args.windows))
     return 0
 

@@ -38,7 +38,10 @@ def select_targets(
     return chosen
 
 
-def default_device() -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch device; ``None`` means cuda when available, else cpu."""
+    if device is not None:
+        return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -84,7 +87,7 @@ def prune(
     for matrices in chosen.values():
         for name, module in matrices.items():
             masks.check_width(name, get_weight(module).shape[1], pat)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
 
     started = time.perf_counter()
     ids = None
