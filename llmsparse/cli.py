@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, CalibrationDataError
 from .engine import CalibrationError
 from .export import check_output_dir, save_pruned
@@ -30,14 +31,16 @@ def _method_option_flags(parser: argparse.ArgumentParser) -> None:
     for name, cls in sorted(METHODS.items()):
         for f in dataclasses.fields(cls.Config):
             default = f.default if f.default is not dataclasses.MISSING else None
-            group.add_argument(
-                f"--{name}-{f.name.replace('_', '-')}",
-                dest=f"opt:{name}:{f.name}",
-                type=type(default) if default is not None else str,
-                default=None,
-                metavar=f.name.upper(),
-                help=f"{name}: {f.metadata.get('help', '')} (default {default})",
-            )
+            flag, dest, text = f"--{name}-{f.name.replace('_', '-')}", f"opt:{name}:{f.name}", f"{name}: {f.metadata.get('help', '')}"
+            if isinstance(default, bool):
+                group.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+            else:
+                kind = type(default) if default is not None else str
+                group.add_argument(flag, dest=dest, type=kind, default=None, metavar=f.name.upper(), help=f"{text} (default {default})")
+
+
+def _help(config: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(config) if f.name == name)
 
 
 def _common_model_flags(p: argparse.ArgumentParser) -> None:
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="REGEX", help="prune only matrices whose name matches one of these regexes")
     p.add_argument("--ignore", nargs="+", metavar="REGEX", help="skip matrices whose name matches one of these regexes")
     p.add_argument("--true-sequential", action="store_true", default=None, help="re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)")
+    p.add_argument("--layer-budget", choices=BUDGETS, help="how sparsity is spread over decoder layers: uniform (default) or owl (outlier-weighted)")
+    p.add_argument("--owl-m", type=float, help=f"OWL: {_help(OWLConfig, 'm')} (default {OWLConfig.m:g})")
+    p.add_argument("--owl-lambda", type=float, help=f"OWL: {_help(OWLConfig, 'lam')} (default {OWLConfig.lam:g})")
+    p.add_argument("--init", dest="opt:dsnot:init", help="dsnot: the method whose scores give the initial mask (same as --dsnot-init)")
     p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="dtype of the calibration forward passes (default: the model's; statistics and pruning math are float32 either way)")
     p.add_argument("--output", help="directory for the pruned model (safetensors, tokenizer, recipe.yaml, sparsity_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")

@@ -237,13 +237,35 @@ def input_groups(layer, matrices: dict[str, nn.Module], h, call, device) -> list
     return [g for _, g in order]
 
 
-def _prune_matrix(method: Method, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
+def master_weight(module: nn.Module, masters: dict) -> torch.Tensor:
+    """The stored ``[out, in]`` weight of ``module`` while :func:`_on_device` holds a compute copy."""
+    return get_weight(module, masters.get(id(module.weight), module.weight.data))
+
+
+def _prune_matrix(method: Method, name: str, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
     """Prune the master (stored) weight of ``module`` and refresh its compute copy for the re-run."""
-    master = get_weight(module, masters.get(id(module.weight), module.weight.data))
-    result = method.prune(master.to(device, torch.float32), stats, sparsity, pattern)
+    master = master_weight(module, masters)
+    result = method.prune(master.to(device, torch.float32), stats, sparsity, pattern, name=name)
     master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
     get_weight(module).copy_(master)
     return result
+
+
+@torch.no_grad()
+def walk_layers(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype, visit: Callable, desc: str) -> None:
+    """Run the calibration sequences through the decoder one layer at a time, calling ``visit`` on each.
+
+    ``visit(i, layer, hidden, call, masters)`` runs while layer ``i`` sits on ``device`` (``masters``
+    maps its parameters to their stored tensors); then the (possibly changed) layer's outputs
+    become the next layer's inputs.
+    """
+    layers = layout.layers
+    hidden, calls = capture_inputs(layout, input_ids, device, dtype)
+    for i in tqdm(range(len(layers)), desc=desc):
+        with _on_device(list(layers[i].modules()), device, dtype) as masters:
+            visit(i, layers[i], hidden, calls[i], masters)
+            if i + 1 < len(layers):
+                hidden = [_forward(layers[i], h, calls[i], device).to("cpu") for h in hidden]
 
 
 @torch.no_grad()
@@ -272,23 +294,22 @@ def prune_layers(
         for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
             for name, module in targets.get(i, {}).items():
                 with _on_device([module], device) as masters:
-                    result = _prune_matrix(method, module, masters, None, sparsities[i], pattern, device)
+                    result = _prune_matrix(method, name, module, masters, None, sparsities[i], pattern, device)
                 results.append(MatrixResult(name, i, sparsities[i], result))
         return results
 
-    hidden, calls = capture_inputs(layout, input_ids, device, dtype)
-    for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
-        layer, matrices = layers[i], targets.get(i, {})
-        with _on_device(list(layer.modules()), device, dtype) as masters:
-            if matrices:
-                groups = input_groups(layer, matrices, hidden[0], calls[i], device) if true_sequential else [list(matrices)]
-                for group in groups:
-                    subset = {n: matrices[n] for n in group}
-                    stats = collect_stats(layer, subset, hidden, calls[i], device, method.new_stats)
-                    for name, module in subset.items():
-                        result = _prune_matrix(method, module, masters, stats[name], sparsities[i], pattern, device)
-                        results.append(MatrixResult(name, i, sparsities[i], result))
-                    del stats
-            if i + 1 < len(layers):
-                hidden = [_forward(layer, h, calls[i], device).to("cpu") for h in hidden]
+    def visit(i, layer, hidden, call, masters):
+        matrices = targets.get(i, {})
+        if not matrices:
+            return
+        groups = input_groups(layer, matrices, hidden[0], call, device) if true_sequential else [list(matrices)]
+        for group in groups:
+            subset = {n: matrices[n] for n in group}
+            stats = collect_stats(layer, subset, hidden, call, device, method.new_stats)
+            for name, module in subset.items():
+                result = _prune_matrix(method, name, module, masters, stats[name], sparsities[i], pattern, device)
+                results.append(MatrixResult(name, i, sparsities[i], result))
+            del stats  # free this group's statistics (Hessians can be large) before the next group's
+
+    walk_layers(layout, input_ids, device, dtype, visit, f"{method.name} layers")
     return results

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import engine, masks
+from . import budgets, engine, masks
 from .calibration import CalibrationDataError, calibration_ids
 from .methods import get_method
 from .models import ModelError, find_layers, get_weight, matrix_modules, parse_dtype
@@ -62,6 +62,9 @@ def prune(
     device: str | torch.device | None = None,
     compute_dtype: str | torch.dtype | None = None,
     text_field: str = "text",
+    layer_budget: str | Sequence[float] = "uniform",
+    owl_m: float = budgets.OWLConfig.m,
+    owl_lambda: float = budgets.OWLConfig.lam,
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -74,6 +77,9 @@ def prune(
     ``compute_dtype`` sets the dtype of the calibration forward passes (default: the model's,
     float32 for float16 models on CPU); statistics and pruning math are always float32 and the
     model keeps its own dtype.
+
+    ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
+    with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
     """
     pruner = get_method(method, **(method_options or {}))
     if any(p.device.type == "meta" for p in model.parameters()):
@@ -82,19 +88,24 @@ def prune(
             "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
         )
     sparsity, pat = masks.resolve_target(sparsity, pattern)
+    pruner.check(pat)
     layout = find_layers(model)
+    budgets.check_budget(layer_budget, pat, len(layout.layers))
+    owl = budgets.OWLConfig(owl_m, owl_lambda)
     chosen = select_targets(model, targets, ignore)
     for matrices in chosen.values():
         for name, module in matrices.items():
             masks.check_width(name, get_weight(module).shape[1], pat)
     device = resolve_device(device)
+    dtype = parse_dtype(compute_dtype) or engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
     started = time.perf_counter()
     ids = None
     calibration = None
-    if pruner.needs_calibration:
+    if pruner.needs_calibration or layer_budget == "owl":
         if calib is None:
-            raise CalibrationDataError(f"method {method!r} needs calibration data: pass calib=PATH, a Hub name or 'self'")
+            needs = f"method {method!r}" if pruner.needs_calibration else "the OWL layer budget"
+            raise CalibrationDataError(f"{needs} needs calibration data: pass calib=PATH, a Hub name or 'self'")
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         length = calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen
         if limit is not None and length > limit:
@@ -108,11 +119,10 @@ def prune(
         }
     calibrated = time.perf_counter()
 
-    sparsities = [sparsity] * len(layout.layers)
     was_training = model.training
     model.eval()
     try:
-        dtype = parse_dtype(compute_dtype)
+        sparsities, budget_info = budgets.layer_sparsities(layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
         results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, true_sequential, dtype)
     finally:
         model.train(was_training)
@@ -132,5 +142,6 @@ def prune(
         sparsity=sparsity,
         matrices=rows,
         calibration=calibration,
+        layer_budget=budget_info,
         seconds={"calibration_data": calibrated - started, "prune": finished - calibrated, "total": finished - started},
     )

@@ -2,7 +2,7 @@
 
 A recipe holds the keys of ``prune()`` (``method``, ``sparsity``, ``pattern``, ``calib``,
 ``nsamples``, ``seqlen``, ``seed``, ``targets``, ``ignore``, ``true_sequential``,
-``method_options``); ``llmsparse.prune(model, tok, **load_recipe(path))`` runs it.
+``method_options``, ``layer_budget``, ``owl_m``, ``owl_lambda``); ``llmsparse.prune(model, tok, **load_recipe(path))`` runs it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ RECIPE_KEYS = (
     "ignore",
     "true_sequential",
     "method_options",
+    "layer_budget",
+    "owl_m",
+    "owl_lambda",
 )
 
 

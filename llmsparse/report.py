@@ -35,6 +35,7 @@ class PruneReport:
     sparsity: float
     matrices: list[MatrixReport]
     calibration: dict[str, Any] | None = None
+    layer_budget: dict[str, Any] | None = None  # non-uniform budgets: kind, options, per-layer targets (and OWL outlier ratios)
     seconds: dict[str, float] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. {"perplexity": {"dense": ..., "sparse": ...}}
 
@@ -63,10 +64,23 @@ class PruneReport:
             lines.append(
                 f"{m.name:<{width}}  {m.shape[0]:>5}x{m.shape[1]:<5}  {m.target:6.3f}  {m.sparsity:8.4f}  {err}  {notes}".rstrip()
             )
+        if self.layer_budget:
+            lines.append(self.budget_table())
         lines.append(
             f"{self.method} {self.pattern}: global sparsity {self.global_sparsity:.4f} over {len(self.matrices)} matrices "
             f"(target {self.sparsity:g}); {self.seconds.get('prune', 0):.1f} s"
         )
+        return "\n".join(lines)
+
+    def budget_table(self) -> str:
+        """Per decoder layer: the budget's target, the realised sparsity (and OWL's outlier ratio)."""
+        budget = self.layer_budget or {}
+        ratios = budget.get("outlier_ratio", {})
+        lines = [f"layer budget {budget.get('budget')}: {'layer':>5}  {'outliers%':>9}  {'target':>6}  {'sparsity':>8}"]
+        for layer, realised in self.layer_sparsity().items():
+            ratio = f"{ratios[layer]:9.3f}" if layer in ratios else f"{'-':>9}"
+            target = budget.get("sparsity", {}).get(layer, self.sparsity)
+            lines.append(f"{'':>{len('layer budget ' + str(budget.get('budget')) + ':')}} {layer:>5}  {ratio}  {target:6.3f}  {realised:8.4f}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -59,3 +59,34 @@ class Hessian:
         if self._full is None:
             self._full = self._upper.triu() + self._upper.triu(1).t()
         return self._full
+
+
+class InputMoments(InputNorms):
+    """DSnoT's statistics: Wanda's ``norm2`` plus each input channel's mean and variance.
+
+    ``seq_sum_j`` is the running mean over sequences of ``sum over tokens x_j`` (the reference's
+    ``sum_metric_row``, which fixes the scale its ``update_threshold`` refers to); ``var_j`` is
+    the variance of ``x_j`` over all calibration tokens (accumulated in float64).
+    """
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        super().__init__(columns, device)
+        self.seq_sum = torch.zeros(columns, dtype=torch.float32, device=device)
+        self._sum = torch.zeros(columns, dtype=torch.float64, device=device)
+        self._sumsq = torch.zeros(columns, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        tokens, b = _tokens(x)
+        n = self.sequences
+        total = tokens.sum(0)
+        self.seq_sum.mul_(n / (n + b)).add_(total, alpha=1 / (n + b))
+        self._sum += total.double()
+        self._sumsq += tokens.double().pow(2).sum(0)
+        self.tokens += tokens.shape[0]
+        super().update(x)
+
+    @property
+    def var(self) -> torch.Tensor:
+        mean = self._sum / self.tokens
+        return (self._sumsq / self.tokens - mean.pow(2)).clamp_min(0).float()

@@ -112,7 +112,12 @@ def test_eval_and_eval_ppl(model_dir, tmp_path, capsys):
         (["--method", "wanda", "--pattern", "4:4"], "0 < N < M"),
         (["--method", "wanda", "--pattern", "2:3"], "not divisible"),
         (["--method", "wanda", "--sparsity", "0.5", "--calib", "/no/such/file.txt"], "does not exist"),
-        (["--method", "sparsegpt", "--sparsity", "0.5", "--wanda-variant", "x"], None),
+        (["--method", "sparsegpt", "--sparsity", "0.5", "--wanda-variant"], "option of wanda"),
+        (["--method", "dsnot", "--sparsity", "0.5", "--init", "obc"], "unknown method 'obc'"),
+        (["--method", "dsnot", "--sparsity", "0.5", "--init", "dsnot"], "another method"),
+        (["--method", "wanda", "--wanda-variant", "--pattern", "2:4"], "unstructured sparsity only"),
+        (["--method", "wanda", "--pattern", "2:4", "--layer-budget", "owl"], "need unstructured"),
+        (["--method", "wanda", "--sparsity", "0.97", "--layer-budget", "owl", "--owl-lambda", "0.2"], "outside [0, 1)"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(model_dir, tmp_path, capsys, flags, message):

@@ -19,7 +19,7 @@ def pruned_weights(model):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "dsnot"])
 @pytest.mark.parametrize("pattern", [None, "2:4", "4:8"])
 def test_every_method_and_pattern_runs_exactly(arch, method, pattern, calib_ids):
     model = tiny_model(arch)
@@ -34,7 +34,7 @@ def test_every_method_and_pattern_runs_exactly(arch, method, pattern, calib_ids)
         if pattern:
             n, m = map(int, pattern.split(":"))
             assert (zeros.view(w.shape[0], -1, m).sum(-1) == n).all(), name
-        elif method == "wanda":
+        elif method in ("wanda", "dsnot"):
             assert (zeros.sum(1) == w.shape[1] // 2).all(), name
         elif method == "magnitude":
             assert zeros.sum() == w.numel() // 2, name
@@ -48,7 +48,7 @@ def test_every_method_and_pattern_runs_exactly(arch, method, pattern, calib_ids)
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "dsnot"])
 def test_sparsity_zero_is_identity(method, calib_ids):
     model = tiny_model("gemma3")
     before = {k: v.clone() for k, v in model.state_dict().items()}

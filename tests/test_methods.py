@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from llmsparse.masks import Pattern
+from llmsparse.masks import Pattern, SparsityError
 from llmsparse.methods import UnknownMethodError, get_method
 from llmsparse.methods.magnitude import magnitude_mask
 from llmsparse.methods.sparsegpt import HessianError, inverse_hessian_factor, reconstruction_error, sparsegpt_prune
@@ -178,3 +178,31 @@ def test_unknown_method_and_option():
         get_method("obc")
     with pytest.raises(UnknownMethodError, match="blocksize"):
         get_method("sparsegpt", block=3)
+
+
+def test_wanda_variant_is_the_cumulative_rule_with_one_alpha():
+    from llmsparse.methods.wanda import variant_mask
+
+    W, X = layer_problem(rows=128, cols=256, tokens=512)
+    stats = InputNorms(256)
+    stats.update(X.unsqueeze(0))
+    scores = wanda_scores(W, stats.norm2)
+    mask, alpha = variant_mask(scores, 0.6)
+    assert abs(mask.float().mean().item() - 0.6) <= 0.001
+    assert len(set(mask.sum(1).tolist())) > 1  # rows differ in sparsity, unlike plain Wanda
+    for i in range(128):  # brute force per row: the longest prefix of sorted scores with cumsum <= alpha * row sum
+        row = scores[i].double()
+        ordered = row.sort().values
+        k = int((ordered.cumsum(0) <= alpha * row.sum()).sum())
+        assert set(torch.nonzero(mask[i]).flatten().tolist()) == set(row.argsort()[:k].tolist())
+
+
+def test_wanda_variant_in_the_method_and_its_refusal_of_n_m():
+    W, X = layer_problem(rows=64, cols=128)
+    stats = InputNorms(128)
+    stats.update(X.unsqueeze(0))
+    method = get_method("wanda", variant=True)
+    result = method.prune(W, stats, 0.5, UNSTRUCTURED)
+    assert abs((result.weight == 0).float().mean().item() - 0.5) <= 0.001 and "alpha" in result.notes
+    with pytest.raises(SparsityError, match="unstructured"):
+        method.check(Pattern(2, 4))

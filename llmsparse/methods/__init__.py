@@ -33,6 +33,6 @@ def get_method(name: str, **options) -> Method:
     return cls(cls.Config(**options))
 
 
-from . import magnitude, sparsegpt, wanda  # noqa: E402,F401  (registration side effect)
+from . import dsnot, magnitude, sparsegpt, wanda  # noqa: E402,F401  (registration side effect)
 
 __all__ = ["METHODS", "Method", "PruneResult", "UnknownMethodError", "get_method", "register"]

@@ -40,9 +40,16 @@ class Method:
         """A fresh accumulator for the inputs of a matrix with ``columns`` inputs (``None``: no data needed)."""
         return None
 
-    def prune(self, weight: torch.Tensor, stats: Any, sparsity: float, pattern: Pattern) -> PruneResult:
-        """Prune one float32 ``[out, in]`` matrix to ``sparsity`` under ``pattern``."""
+    def check(self, pattern: Pattern) -> None:
+        """Refuse a pattern the method cannot produce, before any weight changes (raise ``SparsityError``)."""
+
+    def prune(self, weight: torch.Tensor, stats: Any, sparsity: float, pattern: Pattern, name: str = "") -> PruneResult:
+        """Prune one float32 ``[out, in]`` matrix (called ``name`` in the model) to ``sparsity`` under ``pattern``."""
         raise NotImplementedError
+
+    def scores(self, weight: torch.Tensor, stats: Any) -> torch.Tensor:
+        """The method's saliency per weight (lowest pruned first), for mask refinement such as DSnoT."""
+        raise NotImplementedError(f"method {self.name!r} has no per-weight saliency score")
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

@@ -35,6 +35,9 @@ class Magnitude(Method):
     Config = MagnitudeConfig
     needs_calibration = False
 
-    def prune(self, weight, stats, sparsity, pattern):
+    def prune(self, weight, stats, sparsity, pattern, name=""):
         mask = magnitude_mask(weight, sparsity, pattern, per_row=self.config.scope == "row")
         return PruneResult(weight.masked_fill(mask, 0))
+
+    def scores(self, weight, stats):
+        return weight.abs()

@@ -63,6 +63,11 @@ def prepare_hessian(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, tor
     return dead, U, damp
 
 
+def sparsegpt_scores(weight: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """OBS saliency ``w_ij^2 / [U]_jj^2`` (``U``: upper Cholesky factor of ``H^-1``), as in SparseGPT's mask choice."""
+    return weight.pow(2) / torch.diagonal(U).pow(2).unsqueeze(0)
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     H: torch.Tensor,
@@ -93,11 +98,11 @@ def sparsegpt_prune(
         if pattern.structured:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
-            mask1 = masks.lowest_overall(W1.pow(2) / d.pow(2), sparsity)
+            mask1 = masks.lowest_overall(sparsegpt_scores(W1, U1), sparsity)
         for i in range(i2 - i1):
             if pattern.structured and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
-                mask1[:, group] = masks.lowest_n_of_m(W1[:, group].pow(2) / d[group].pow(2), pattern.n, pattern.m)
+                mask1[:, group] = masks.lowest_n_of_m(sparsegpt_scores(W1[:, group], U1[group, group]), pattern.n, pattern.m)
             err = torch.where(mask1[:, i], W1[:, i], 0.0).div_(d[i])
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
             Err1[:, i] = err
@@ -123,12 +128,20 @@ class SparseGPT(Method):
     def new_stats(self, columns, device):
         return Hessian(columns, device)
 
-    def prune(self, weight, stats, sparsity, pattern):
+    def _prepared(self, stats: Hessian) -> tuple[torch.Tensor, torch.Tensor, float]:
         # q/k/v (and gate/up) share one Hessian object: factor it once for all of them.
         key = ("sparsegpt", self.config.percdamp)
         if getattr(stats, "prepared", (None,))[0] != key:
             stats.prepared = (key, prepare_hessian(stats.H, self.config.percdamp))
-        prepared = stats.prepared[1]
+        return stats.prepared[1]
+
+    def prune(self, weight, stats, sparsity, pattern, name=""):
+        prepared = self._prepared(stats)
         new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp, prepared)
         notes = {"percdamp": damp} if damp != self.config.percdamp else {}
         return PruneResult(new, error=reconstruction_error(weight.float(), new, stats.H), notes=notes)
+
+    def scores(self, weight, stats):
+        """SparseGPT's saliency ``w^2 / [U]_jj^2`` without the weight update (how DSnoT's reference uses it)."""
+        dead, U, _ = self._prepared(stats)
+        return sparsegpt_scores(weight.masked_fill(dead.unsqueeze(0), 0), U)

@@ -1,8 +1,14 @@
-"""Wanda (Sun et al. 2023): prune by ``|W_ij| * ||X_j||_2`` within each output row, no weight update."""
+"""Wanda (Sun et al. 2023): prune by ``|W_ij| * ||X_j||_2`` within each output row, no weight update.
+
+The paper's variant (``variant=True``) prunes, in every row, the lowest scores whose cumulative
+sum stays below ``alpha`` times the row's total, with one ``alpha`` per matrix found by bisection
+so that the matrix hits the target sparsity (within ``tolerance``); rows then differ in sparsity.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,6 +17,8 @@ from ..masks import Pattern
 from ..stats import InputNorms
 from . import register
 from .base import Method, PruneResult
+
+log = logging.getLogger(__name__)
 
 
 def wanda_scores(weight: torch.Tensor, norm2: torch.Tensor) -> torch.Tensor:
@@ -23,9 +31,44 @@ def wanda_mask(weight: torch.Tensor, norm2: torch.Tensor, sparsity: float, patte
     return masks.select(wanda_scores(weight, norm2), sparsity, pattern, per_row=True)
 
 
+def variant_mask(scores: torch.Tensor, sparsity: float, tolerance: float = 0.001, steps: int = 50) -> tuple[torch.Tensor, float]:
+    """Wanda's variant: per row prune the lowest scores whose cumulative sum is ``<= alpha * row sum``.
+
+    ``alpha`` in [0, 1] is bisected until the matrix sparsity is within ``tolerance`` of ``sparsity``
+    (or ``steps`` halvings). Returns ``(mask, alpha)``.
+    """
+    ordered, order = scores.double().sort(dim=1, stable=True)
+    cumulative = ordered.cumsum(1)
+    total = cumulative[:, -1:]
+
+    def counts(alpha: float) -> torch.Tensor:
+        return (cumulative <= alpha * total).sum(1)
+
+    low, high, alpha = 0.0, 1.0, 0.5
+    best = (float("inf"), alpha)
+    for _ in range(steps):
+        reached = counts(alpha).sum().item() / scores.numel()
+        best = min(best, (abs(reached - sparsity), alpha))
+        if abs(reached - sparsity) <= tolerance:
+            break
+        low, high = (low, alpha) if reached > sparsity else (alpha, high)
+        alpha = (low + high) / 2
+    gap, alpha = best
+    if gap > tolerance:
+        log.warning("wanda variant: closest sparsity reachable is %.4f off the target %g", gap, sparsity)
+    ranks = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order, ranks < counts(alpha).unsqueeze(1))
+    return mask, alpha
+
+
 @dataclass
 class WandaConfig:
-    """Wanda has no options in its default form (comparison group: each output row)."""
+    variant: bool = field(
+        default=False,
+        metadata={"help": "the paper's variant: per-row cumulative-score threshold with one alpha per matrix (unstructured only)"},
+    )
+    tolerance: float = field(default=0.001, metadata={"help": "variant: allowed gap between matrix and target sparsity"})
 
 
 @register
@@ -36,6 +79,16 @@ class Wanda(Method):
     def new_stats(self, columns, device):
         return InputNorms(columns, device)
 
-    def prune(self, weight, stats, sparsity, pattern):
-        mask = wanda_mask(weight, stats.norm2, sparsity, pattern)
-        return PruneResult(weight.masked_fill(mask, 0))
+    def check(self, pattern):
+        if self.config.variant and pattern.structured:
+            raise masks.SparsityError("the Wanda variant is defined for unstructured sparsity only, not N:M")
+
+    def prune(self, weight, stats, sparsity, pattern, name=""):
+        if not self.config.variant:
+            return PruneResult(weight.masked_fill(wanda_mask(weight, stats.norm2, sparsity, pattern), 0))
+        self.check(pattern)
+        mask, alpha = variant_mask(self.scores(weight, stats), sparsity, self.config.tolerance)
+        return PruneResult(weight.masked_fill(mask, 0), notes={"alpha": round(alpha, 6)})
+
+    def scores(self, weight, stats):
+        return wanda_scores(weight, stats.norm2)
