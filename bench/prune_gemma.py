@@ -1,9 +1,6 @@
-"""Benchmark: prune Gemma 3 270M with each method and print one table.
+"""Benchmark: prune Gemma 3 270M at 50% / 2:4 with each method and print one table.
 
-Setup (the core issue's protocol): calibration 32 x 512 tokens from WikiText-2 valid
-(``wiki.valid.tokens``), perplexity on ``wiki.test.raw`` at seqlen 1024 over the first 8 windows.
-Every configuration runs in a fresh subprocess, so "peak RSS" is that run's own high-water mark
-(model load + calibration + pruning, measured before the perplexity evaluation).
+Protocol in ``bench/_gemma.py`` (32 x 512 calibration tokens, ppl at seqlen 1024 over 8 windows).
 
     python bench/prune_gemma.py                       # all rows, float32 forwards
     python bench/prune_gemma.py --compute-dtype bfloat16
@@ -14,41 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+sys.path.insert(0, str(Path(__file__).parent))
+from _gemma import run_here, run_isolated  # noqa: E402
+
 ROWS = ["dense", "magnitude:unstructured", "wanda:unstructured", "sparsegpt:unstructured", "wanda:2:4", "sparsegpt:2:4"]
 
 
-def run_one(row: str, compute_dtype: str, windows: int, seed: int) -> dict:
-    import llmsparse
-
-    model, tok = llmsparse.load_model("gemma-3-270m")
-    seconds = 0.0
+def spec_for(row: str, args: argparse.Namespace) -> dict:
+    spec = {"compute_dtype": args.compute_dtype, "windows": args.windows, "seed": args.seed}
     if row != "dense":
         method, pattern = row.split(":", 1)
-        started = time.perf_counter()
-        llmsparse.prune(
-            model,
-            tok,
-            method=method,
-            sparsity=None if ":" in pattern else 0.5,
-            pattern=pattern,
-            calib=str(DATA / "wiki.valid.tokens"),
-            nsamples=32,
-            seqlen=512,
-            seed=seed,
-            device="cpu",
-            compute_dtype=compute_dtype,
-        )
-        seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    ppl = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=windows)
-    return {"row": row, "seconds": seconds, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows}
+        spec["prune"] = {"method": method, "sparsity": None if ":" in pattern else 0.5, "pattern": pattern}
+    return spec
 
 
 def main() -> None:
@@ -61,13 +38,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.compute_dtype, args.windows, args.seed)))
+        print(json.dumps(run_here(json.loads(args.child))))
         return
     results = []
     for row in args.only or ROWS:
-        cmd = [sys.executable, __file__, "--child", row, "--compute-dtype", args.compute_dtype, "--windows", str(args.windows), "--seed", str(args.seed)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        results.append({"row": row, **run_isolated(__file__, spec_for(row, args))})
         print(f"done {row}", file=sys.stderr)
     print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens (seed {args.seed}), compute dtype {args.compute_dtype}, ppl wiki.test.raw seqlen 1024 x {args.windows} windows")
     print(f"| {'method':<10} | {'pattern':<12} | {'prune s':>7} | {'peak RSS GiB':>12} | {'ppl':>8} |")

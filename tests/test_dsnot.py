@@ -25,6 +25,13 @@ def problem(rows=24, cols=64, sequences=4, seed=0):
     return W, X.view(sequences, 50, cols), stats
 
 
+def partner(mask, D, wanda, i, j, block, sign):
+    """The lowest-Wanda kept weight in j's block whose D does not push e away from zero (or None)."""
+    start = j // block * block
+    kept = [k for k in range(start, start + block) if not mask[i, k] and D[i][k] * sign <= 0]
+    return min(kept, key=lambda k: wanda[i][k]) if kept else None
+
+
 def naive_refine(W, mask, mu, var, norm2, pattern, max_cycles=50, threshold=0.1):
     """The algorithm as written in ALGORITHMS.md, one row at a time with Python loops."""
     mask = mask.clone()
@@ -39,16 +46,11 @@ def naive_refine(W, mask, mu, var, norm2, pattern, max_cycles=50, threshold=0.1)
             if abs(e) <= threshold or sign == 0:
                 break
 
-            def partner(j):  # lowest-Wanda kept weight in j's block whose D does not push e away from zero
-                start = j // block * block
-                kept = [k for k in range(start, start + block) if not mask[i, k] and D[i][k] * sign <= 0]
-                return min(kept, key=lambda k: wanda[i][k]) if kept else None
-
-            grow = [j for j in range(cols) if mask[i, j] and D[i][j] * sign > 0 and partner(j) is not None]
+            grow = [j for j in range(cols) if mask[i, j] and D[i][j] * sign > 0 and partner(mask, D, wanda, i, j, block, sign) is not None]
             if not grow:
                 break
-            g = max(grow, key=lambda j: D[i][j] * sign / var[j].item())
-            k = partner(g)
+            g = max(grow, key=lambda j: D[i][j] * sign / var[j].item())  # noqa: B023 (used at once)
+            k = partner(mask, D, wanda, i, g, block, sign)
             after = e - D[i][g] + D[i][k]
             if (after > 0) - (after < 0) != sign:
                 break
@@ -113,7 +115,7 @@ def test_engine_refines_each_initial_method(init, calib_ids):
     refined_model, plain_model = tiny_model("qwen2"), tiny_model("qwen2")
     report = llmsparse.prune(refined_model, method="dsnot", sparsity=0.625, calib=calib_ids, device="cpu", method_options={"init": init})
     options = {"scope": "row"} if init == "magnitude" else {}
-    plain = llmsparse.prune(plain_model, method=init, sparsity=0.625, calib=calib_ids, device="cpu", method_options=options)
+    llmsparse.prune(plain_model, method=init, sparsity=0.625, calib=calib_ids, device="cpu", method_options=options)
     assert report.global_sparsity == pytest.approx(0.625)
     assert all(m.notes["e_ratio"] <= 1.0 for m in report.matrices)
     assert sum(m.notes["swaps"] for m in report.matrices) > 0

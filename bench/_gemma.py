@@ -1,0 +1,50 @@
+"""Shared by the Gemma 3 270M benchmarks: one pruning run per fresh subprocess, with the core issue's protocol.
+
+Calibration: ``nsamples`` x 512 tokens (32 by default) of WikiText-2 valid (``wiki.valid.tokens``);
+perplexity: ``wiki.test.raw`` at seqlen 1024 over the first ``windows`` windows. A fresh process
+per run makes "peak RSS" that run's own high-water mark (load + calibration + pruning, measured
+before the perplexity evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+
+
+def run_here(spec: dict) -> dict:
+    """Load Gemma, prune with ``spec['prune']`` (``prune()`` keyword arguments; none: dense), measure."""
+    import llmsparse
+
+    model, tok = llmsparse.load_model("gemma-3-270m")
+    seconds, sparsity = 0.0, 0.0
+    if spec.get("prune"):
+        started = time.perf_counter()
+        report = llmsparse.prune(
+            model,
+            tok,
+            calib=str(DATA / "wiki.valid.tokens"),
+            nsamples=spec.get("nsamples", 32),
+            seqlen=512,
+            seed=spec.get("seed", 0),
+            device="cpu",
+            compute_dtype=spec.get("compute_dtype", "auto"),
+            **spec["prune"],
+        )
+        seconds = time.perf_counter() - started
+        sparsity = report.global_sparsity
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+    ppl = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=spec.get("windows", 8))
+    return {"seconds": seconds, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows, "global_sparsity": sparsity}
+
+
+def run_isolated(script: str, spec: dict) -> dict:
+    """Run ``spec`` in a fresh Python process (``script --child JSON``) and return its result."""
+    out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
