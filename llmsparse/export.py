@@ -1,8 +1,9 @@
 """Saving a pruned model: a loadable Hugging Face directory plus what is needed to repeat the run.
 
 The directory is written to a temporary sibling and renamed into place, so a failure leaves
-nothing half-written. The weight format is a pluggable writer (``WRITERS``); ``dense`` stores
-ordinary safetensors with the pruned weights as exact zeros.
+nothing half-written. Formats (:mod:`llmsparse.formats`): ``dense`` stores ordinary safetensors with
+the pruned weights as exact zeros; ``bitmask`` and ``N:M`` (e.g. ``2:4``) store the pruned matrices
+compactly in the legacy compressed-tensors layout, which :func:`llmsparse.load_model` reads back.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from . import formats
+from .models import find_layers, matrix_modules
 from .recipe import dump_recipe
 from .report import PruneReport
 
@@ -28,11 +32,18 @@ class OutputDirError(ValueError):
     """The output directory cannot be used (not empty, or a file)."""
 
 
-def _write_dense(model, directory: Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
-
-
-WRITERS: dict[str, Callable[[Any, Path], None]] = {"dense": _write_dense}
+def compressible_weights(model, report: PruneReport | None = None, structured: bool = False) -> list[str]:
+    """State-dict keys of the matrices to store compactly: the pruned ones (from ``report``), else every decoder matrix."""
+    layout = find_layers(model)
+    modules = {}
+    for i, layer in enumerate(layout.layers):
+        modules.update(matrix_modules(layer, layout.layer_name(i)))
+    names = [m.name for m in report.matrices] if report is not None else list(modules)
+    if structured:
+        conv = [n for n in names if not isinstance(modules.get(n), torch.nn.Linear)]
+        if conv:
+            raise formats.CheckpointError(f"N:M formats store nn.Linear weights; {conv[0]} is not one (use format 'bitmask')")
+    return [f"{n}.weight" for n in names]
 
 
 def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
@@ -64,17 +75,26 @@ def save_pruned(
     format: str = "dense",
     overwrite: bool = False,
 ) -> Path:
-    """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json`` and ``llmsparse.json`` to ``output_dir``."""
-    if format not in WRITERS:
-        raise OutputDirError(f"unknown format {format!r}; available: {', '.join(WRITERS)}")
+    """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card.
+
+    ``format`` is ``dense``, ``bitmask`` or an N:M pattern such as ``2:4``; with a compact format the
+    byte counts of the pruned matrices before and after land in ``report.storage``.
+    """
+    name, pattern = formats.parse_format(format)
+    targets = compressible_weights(model, report, structured=pattern is not None) if name != "dense" else []
     out = check_output_dir(output_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        WRITERS[format](model, tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if name != "dense":
+            config = formats.compress_checkpoint(tmp, name, targets)
+            storage = {"format": name, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
+            if report is not None:
+                report.storage = storage
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        metadata: dict[str, Any] = {"format": format, "base_model": base_model, "versions": versions()}
+        metadata: dict[str, Any] = {"format": name, "base_model": base_model, "versions": versions()}
         if recipe is not None:
             metadata["recipe"] = recipe
             (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))

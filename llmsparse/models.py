@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import formats
+
 log = logging.getLogger(__name__)
 
 #: Alias for the real model the project tests on, shipped on PyPI as a GGUF file.
@@ -68,6 +70,7 @@ def load_model(
         source = str(_gguf_to_safetensors(Path(source)))
     elif not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise ModelError(f"model path {source!r} does not exist")
+    compact = Path(source).is_dir() and formats.sparsity_config(Path(source)) is not None
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as err:
@@ -75,14 +78,19 @@ def load_model(
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
-            dtype=parse_dtype(dtype) or "auto",
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            use_safetensors=True,
-        )
+        if compact:
+            model = _load_compact(Path(source), config, parse_dtype(dtype), trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                config=config,
+                dtype=parse_dtype(dtype) or "auto",
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                use_safetensors=True,
+            )
+    except formats.CheckpointError:
+        raise
     except ValueError as err:
         raise ModelError(f"{type(config).__name__} ({config.model_type}) is not a causal LM llmsparse can load: {err}") from err
     except OSError as err:
@@ -90,6 +98,37 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     model.eval()
     return model, tokenizer
+
+
+def _load_compact(directory: Path, config, dtype: torch.dtype | None, trust_remote_code: bool) -> nn.Module:
+    """Build the model from a compact (bitmask / N:M) checkpoint, one tensor at a time, bit-exact."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+
+    del config.quantization_config  # our own reader, not transformers' compressed-tensors quantizer
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    stored = DTYPES.get(stored, stored) if isinstance(stored, str) else stored
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=stored, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # skipped under no_init_weights; tied tensors are stored once
+    state = model.state_dict()
+    loaded: set[str] = set()
+    for key, tensor in formats.read_state(directory):
+        if key not in state:
+            raise formats.CheckpointError(f"{directory}: unexpected tensor {key!r} for {type(model).__name__}")
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise formats.CheckpointError(f"{directory}: {key} has shape {list(tensor.shape)}, the model expects {list(state[key].shape)}")
+        state[key].copy_(tensor)
+        loaded.add(key)
+    have = {state[k].data_ptr() for k in loaded}
+    missing = [k for k in state if k not in loaded and state[k].data_ptr() not in have]  # tied weights share storage
+    if missing:
+        raise formats.CheckpointError(f"{directory}: partial checkpoint, {len(missing)} tensors missing (first: {missing[0]})")
+    return model.to(dtype) if dtype is not None else model
 
 
 def _bundled_gemma_gguf() -> str:

@@ -37,6 +37,7 @@ class PruneReport:
     calibration: dict[str, Any] | None = None
     layer_budget: dict[str, Any] | None = None  # non-uniform budgets: kind, options, per-layer targets (and OWL outlier ratios)
     seconds: dict[str, float] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)  # compact saves: format, bytes_dense, bytes_compressed of the pruned matrices
     evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. {"perplexity": {"dense": ..., "sparse": ...}}
 
     @property

@@ -52,9 +52,10 @@ def tiny_config(arch: str):
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2", "opt"]
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A random tiny model; ``dtype`` as ``from_pretrained`` would give it (rotary tables stay float32)."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(tiny_config(arch))
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(arch), dtype=dtype)
     return model.eval()
 
 
