@@ -13,6 +13,8 @@ from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, CalibrationDataError
 from .engine import CalibrationError
 from .export import check_output_dir, save_pruned
+from .formats import parse_format
+from .hub import push
 from .masks import resolve_target
 from .methods import METHODS, get_method
 from .methods.sparsegpt import HessianError
@@ -41,6 +43,11 @@ def _method_option_flags(parser: argparse.ArgumentParser) -> None:
 
 def _help(config: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(config) if f.name == name)
+
+
+def _push_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--revision", help="Hub branch to upload to (created if missing; default main)")
 
 
 def _common_model_flags(p: argparse.ArgumentParser) -> None:
@@ -77,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="dtype of the calibration forward passes (default: the model's; statistics and pruning math are float32 either way)")
     p.add_argument("--output", help="directory for the pruned model (safetensors, tokenizer, recipe.yaml, sparsity_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    p.add_argument("--format", default="dense", help="weights on disk: dense (default; plain transformers loads it), bitmask (compact, any sparsity) or N:M such as 2:4 (compact, needs that pattern); compact ones load with llmsparse")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, upload --output to this Hub repo (token from HF_TOKEN or huggingface-cli login)")
+    _push_flags(p)
     p.add_argument("--eval-ppl", metavar="TEXT", help="also measure perplexity before and after pruning on a text file or 'wikitext2'")
     p.add_argument("--ppl-seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
     p.add_argument("--ppl-windows", type=int, help="perplexity windows to use (default: all)")
@@ -87,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ppl", required=True, metavar="TEXT", help="text file (non-empty lines are documents) or 'wikitext2'")
     e.add_argument("--seqlen", type=int, default=1024, help="window length (default 1024)")
     e.add_argument("--windows", type=int, help="number of windows from the start (default: all)")
+
+    h = sub.add_parser("push", help="upload a saved sparse model to the Hugging Face Hub", description="Upload a directory written by llmsparse to the Hub.")
+    h.add_argument("directory", help="a directory written by llmsparse prune --output")
+    h.add_argument("repo_id", help="Hub repository, e.g. you/model-wanda-50")
+    _push_flags(h)
 
     sub.add_parser("methods", help="list pruning methods and their options")
     return parser
@@ -123,6 +138,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise CalibrationDataError(f"method {method.name!r} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
         if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
             raise CalibrationDataError(f"calibration file {calib!r} does not exist")
+    parse_format(args.format)
+    if args.push_to_hub and not args.output:
+        raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
     if args.output:
         check_output_dir(args.output, args.overwrite)
 
@@ -140,8 +158,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"dense  {dense}\nsparse {sparse}")
     if args.output:
         recipe = dict(settings, calib=report.calibration["source"] if report.calibration else calib)
-        out = save_pruned(model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, overwrite=args.overwrite)
+        out = save_pruned(model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, format=args.format, overwrite=args.overwrite)
+        if report.storage:
+            s = report.storage
+            print(f"pruned matrices: {s['bytes_dense']:,} bytes dense -> {s['bytes_compressed']:,} bytes {s['format']} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x)")
         print(f"saved to {out}")
+        if args.push_to_hub:
+            print(f"pushed: {push(out, args.push_to_hub, private=args.private, revision=args.revision)}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    print(f"pushed: {push(args.directory, args.repo_id, private=args.private, revision=args.revision)}")
     return 0
 
 
@@ -164,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prune": cmd_prune, "eval": cmd_eval, "methods": cmd_methods}[args.command](args)
+        return {"prune": cmd_prune, "eval": cmd_eval, "push": cmd_push, "methods": cmd_methods}[args.command](args)
     except (ValueError, OSError, CalibrationError, HessianError) as err:
         print(f"llmsparse: error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import formats
+from .card import model_card
 from .models import find_layers, matrix_modules
 from .recipe import dump_recipe
 from .report import PruneReport
@@ -26,6 +27,7 @@ from .report import PruneReport
 METADATA_FILE = "llmsparse.json"
 REPORT_FILE = "sparsity_report.json"
 RECIPE_FILE = "recipe.yaml"
+CARD_FILE = "README.md"
 
 
 class OutputDirError(ValueError):
@@ -75,7 +77,7 @@ def save_pruned(
     format: str = "dense",
     overwrite: bool = False,
 ) -> Path:
-    """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card.
+    """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
     ``format`` is ``dense``, ``bitmask`` or an N:M pattern such as ``2:4``; with a compact format the
     byte counts of the pruned matrices before and after land in ``report.storage``.
@@ -102,6 +104,7 @@ def save_pruned(
             metadata["report"] = report.to_dict()
             report.save_json(tmp / REPORT_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -113,7 +113,7 @@ def compressed_bytes(parts: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in parts.values())
 
 
-def _shards(directory: Path) -> list[Path]:
+def shard_files(directory: Path) -> list[Path]:
     index = directory / INDEX
     if index.is_file():
         return [directory / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
@@ -132,7 +132,7 @@ def compress_checkpoint(directory: Path, fmt: str, targets: Iterable[str]) -> di
     before = after = zeros = numel = 0
     index_path = directory / INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
-    for shard in _shards(directory):
+    for shard in shard_files(directory):
         tensors = load_file(shard)
         out: dict[str, torch.Tensor] = {}
         for key, tensor in tensors.items():
@@ -186,7 +186,7 @@ def sparsity_config(directory: Path) -> dict | None:
 
 def read_state(directory: Path) -> Iterable[tuple[str, torch.Tensor]]:
     """``(key, dense tensor)`` for every tensor of a compact checkpoint, decompressing one matrix at a time."""
-    shards = _shards(directory)
+    shards = shard_files(directory)
     if not shards:
         raise CheckpointError(f"{directory}: no model.safetensors or {INDEX}")
     for shard in shards:

@@ -1,0 +1,106 @@
+"""The model card (``README.md``) written next to a pruned checkpoint, with Hub front matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models import GEMMA_270M
+from .report import PruneReport
+
+# Hub ids of the aliases load_model() knows, for the card's base_model field.
+HUB_IDS = {GEMMA_270M: "google/gemma-3-270m"}
+KNOWN_LICENSES = {"google/gemma-3-270m": "gemma"}
+
+
+def hub_id(base_model: str | None) -> str | None:
+    """``base_model`` as a Hub id when it is one (``owner/name``, not a local path), else None."""
+    if not base_model:
+        return None
+    base_model = HUB_IDS.get(base_model, base_model)
+    if Path(base_model).exists() or base_model.startswith((".", "/", "~")) or base_model.count("/") != 1:
+        return None
+    return base_model
+
+
+def base_license(base_model: str | None) -> str | None:
+    """The base model's license: from its local README front matter, or for a known Hub id."""
+    if base_model and (Path(base_model) / "README.md").is_file():
+        text = (Path(base_model) / "README.md").read_text(encoding="utf-8")
+        if text.startswith("---"):
+            front = yaml.safe_load(text.split("---", 2)[1]) or {}
+            if isinstance(front, dict) and front.get("license"):
+                return str(front["license"])
+    return KNOWN_LICENSES.get(hub_id(base_model) or "")
+
+
+def _evaluation_table(evaluation: dict[str, Any]) -> list[str]:
+    ppl = evaluation.get("perplexity")
+    if not ppl:
+        return []
+    dense, sparse = ppl["dense"], ppl["sparse"]
+    return [
+        "## Evaluation",
+        "",
+        f"Perplexity on `{Path(sparse['source']).name}`, seqlen {sparse['seqlen']}, {sparse['windows']} windows:",
+        "",
+        "| model | perplexity |",
+        "|---|---|",
+        f"| dense (base) | {dense['ppl']:.2f} |",
+        f"| sparse (this) | {sparse['ppl']:.2f} |",
+        "",
+    ]
+
+
+def model_card(report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str) -> str:
+    front: dict[str, Any] = {}
+    base = hub_id(base_model)
+    if base:
+        front["base_model"] = base
+        # The Hub's relation vocabulary (adapter, merge, quantized, finetune) has no "pruned": a compressed
+        # derivative is listed under quantized, which is where users look for smaller variants.
+        front["base_model_relation"] = "quantized"
+    license_ = base_license(base_model)
+    if license_:
+        front["license"] = license_
+    tags = ["llmsparse", "sparsity", "pruned"]
+    if report is not None:
+        tags += [report.method, report.pattern if report.pattern != "unstructured" else "unstructured-sparsity"]
+    front["tags"] = tags
+    front["library_name"] = "transformers"
+    front["pipeline_tag"] = "text-generation"
+
+    title = f"{base_model or 'model'} pruned with llmsparse"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {title}", ""]
+    if report is not None:
+        lines += [
+            f"{report.method} ({report.pattern}), target sparsity {report.sparsity:g}: {report.global_sparsity:.2%} of the weights "
+            f"of {len(report.matrices)} decoder matrices are exactly zero. Embeddings and the LM head are dense.",
+            "",
+        ]
+        cal = report.calibration
+        lines.append(
+            f"Calibration: {cal['nsamples']} x {cal['seqlen']} tokens from `{cal['source']}` (seed {cal['seed']})." if cal else "Calibration: none (data-free method)."
+        )
+        lines.append("")
+    storage_note = {
+        "dense": "ordinary safetensors with the pruned weights stored as zeros; loads with plain `transformers`",
+        "bitmask": "compact `sparse-bitmask` layout (values, packed bit mask, row offsets); load with `llmsparse.load_model`",
+    }.get(fmt, f"compact {fmt} layout (kept values and a packed position mask); load with `llmsparse.load_model`")
+    lines += [f"Weights: {storage_note}.", ""]
+    if report is not None and report.storage:
+        s = report.storage
+        lines += [f"Pruned matrices take {s['bytes_compressed']:,} bytes instead of {s['bytes_dense']:,} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x).", ""]
+    lines += ["```python", "import llmsparse", 'model, tokenizer = llmsparse.load_model("THIS_DIRECTORY_OR_REPO")', "```", ""]
+    if report is not None:
+        lines += _evaluation_table(report.evaluation)
+        lines += ["## Sparsity per decoder layer", "", "| layer | sparsity |", "|---|---|"]
+        lines += [f"| {layer} | {value:.4f} |" for layer, value in report.layer_sparsity().items()]
+        lines.append("")
+    if recipe:
+        from .recipe import dump_recipe
+
+        lines += ["## Recipe", "", "Repeat the run with `llmsparse prune BASE_MODEL --recipe recipe.yaml`:", "", "```yaml", dump_recipe(recipe).rstrip(), "```", ""]
+    return "\n".join(lines)
