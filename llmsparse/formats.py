@@ -177,11 +177,16 @@ def sparsity_config(directory: Path) -> dict | None:
     if not config_path.is_file():
         return None
     quant = json.loads(config_path.read_text()).get("quantization_config") or {}
-    if quant.get("quant_method") != "compressed-tensors" or not quant.get("sparsity_config"):
-        return None
+    return quant["sparsity_config"] if is_sparse_only(quant, str(directory)) else None
+
+
+def is_sparse_only(quant: dict, where: str = "") -> bool:
+    """True for a compressed-tensors ``quantization_config`` that only describes sparsity (what we read)."""
+    if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors" or not quant.get("sparsity_config"):
+        return False
     if quant.get("config_groups"):
-        raise CheckpointError(f"{directory}: quantized compressed-tensors checkpoints are not supported, only sparse ones")
-    return quant["sparsity_config"]
+        raise CheckpointError(f"{where}: quantized compressed-tensors checkpoints are not supported, only sparse ones")
+    return True
 
 
 def read_state(directory: Path) -> Iterable[tuple[str, torch.Tensor]]:

@@ -70,7 +70,7 @@ def load_model(
         source = str(_gguf_to_safetensors(Path(source)))
     elif not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise ModelError(f"model path {source!r} does not exist")
-    compact = Path(source).is_dir() and formats.sparsity_config(Path(source)) is not None
+    local = Path(source).is_dir()
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as err:
@@ -78,7 +78,11 @@ def load_model(
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
     try:
-        if compact:
+        if formats.is_sparse_only(getattr(config, "quantization_config", None), source):
+            if not local:  # a compact checkpoint on the Hub: fetch the files, then read them ourselves
+                from huggingface_hub import snapshot_download
+
+                source = snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
             model = _load_compact(Path(source), config, parse_dtype(dtype), trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(
