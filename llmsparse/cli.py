@@ -13,7 +13,7 @@ from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, CalibrationDataError
 from .engine import CalibrationError
 from .export import check_output_dir, save_pruned
-from .formats import parse_format
+from .formats import CheckpointError, parse_format
 from .hub import push
 from .masks import resolve_target
 from .methods import METHODS, get_method
@@ -131,14 +131,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     settings = _prune_settings(args)
     # Check everything that can be checked before the (slow) model load.
     method = get_method(settings["method"], **settings["method_options"])
-    resolve_target(settings.get("sparsity"), settings.get("pattern"))
+    _, pattern = resolve_target(settings.get("sparsity"), settings.get("pattern"))
     calib = settings.get("calib")
     if method.needs_calibration:
         if calib is None:
             raise CalibrationDataError(f"method {method.name!r} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
         if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
             raise CalibrationDataError(f"calibration file {calib!r} does not exist")
-    parse_format(args.format)
+    _, stored_pattern = parse_format(args.format)
+    if stored_pattern is not None and stored_pattern != pattern:
+        raise CheckpointError(f"--format {args.format} stores {stored_pattern} sparse matrices, but this run prunes {pattern}: use --pattern {args.format} or --format bitmask")
     if args.push_to_hub and not args.output:
         raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
     if args.output:

@@ -117,6 +117,8 @@ def test_eval_and_eval_ppl(model_dir, tmp_path, capsys):
         (["--method", "dsnot", "--sparsity", "0.5", "--init", "dsnot"], "another method"),
         (["--method", "wanda", "--wanda-variant", "--pattern", "2:4"], "unstructured sparsity only"),
         (["--method", "wanda", "--pattern", "2:4", "--layer-budget", "owl"], "need unstructured"),
+        (["--method", "wanda", "--sparsity", "0.5", "--format", "2:4"], "use --pattern 2:4"),
+        (["--method", "wanda", "--sparsity", "0.5", "--format", "csr"], "unknown format"),
         (["--method", "wanda", "--sparsity", "0.97", "--layer-budget", "owl", "--owl-lambda", "0.2"], "outside [0, 1)"),
     ],
 )
