@@ -86,14 +86,19 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
+def pruned_count(total: int, sparsity: float) -> int:
+    """``floor(total * sparsity)``, immune to float error (``640 * 0.7`` is 447.99999999999994 in floats, but 448 weights)."""
+    return int(round(total * sparsity, 6))
+
+
 def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune the ``int(cols * sparsity)`` lowest scores of every row."""
-    return _lowest_k(scores, int(scores.shape[1] * sparsity))
+    """Prune the ``floor(cols * sparsity)`` lowest scores of every row."""
+    return _lowest_k(scores, pruned_count(scores.shape[1], sparsity))
 
 
 def lowest_overall(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune the ``int(numel * sparsity)`` lowest scores of the whole tensor (one threshold)."""
-    return _lowest_k(scores.flatten(), int(scores.numel() * sparsity)).view_as(scores)
+    """Prune the ``floor(numel * sparsity)`` lowest scores of the whole tensor (one threshold)."""
+    return _lowest_k(scores.flatten(), pruned_count(scores.numel(), sparsity)).view_as(scores)
 
 
 def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

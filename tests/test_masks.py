@@ -75,3 +75,11 @@ def test_n_of_m_matches_brute_force():
             group = scores[r, 4 * g : 4 * g + 4]
             expected = set(torch.argsort(group)[:2].tolist())
             assert set(torch.nonzero(mask[r, 4 * g : 4 * g + 4]).flatten().tolist()) == expected
+
+
+def test_pruned_counts_do_not_lose_a_weight_to_float_error():
+    from llmsparse.masks import lowest_per_row, pruned_count
+
+    assert 100 * 0.29 < 29 and pruned_count(100, 0.29) == 29
+    assert pruned_count(64, 0.6) == 38  # a genuine fraction still rounds down
+    assert lowest_per_row(torch.rand(3, 100), 0.29).sum(1).tolist() == [29] * 3

@@ -35,7 +35,7 @@ def ppl(gemma):
             model.load_state_dict(dense)
             if method:
                 report = llmsparse.prune(model, tok, method=method, sparsity=sparsity, calib=str(VALID), nsamples=16, seqlen=512, device="cpu", **options)
-                assert report.global_sparsity == pytest.approx(sparsity, abs=0.005 if "layer_budget" in options else 1e-4)
+                assert report.global_sparsity == pytest.approx(sparsity, abs=0.005 if "layer_budget" in options else 5e-4)  # per-row floor: 2048 * 0.7 = 1433.6
             cache[key] = llmsparse.perplexity(model, tok, str(TEST), seqlen=1024, windows=4).ppl
         return cache[key]
 
