@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DOCS / "sweep_gemma.json", help="results file, read to resume and rewritten after every run")
     parser.add_argument("--png", type=Path, default=DOCS / "sweep_gemma.png")
+    parser.add_argument("--no-run", action="store_true", help="only print the table and draw the plot from --json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -95,7 +96,7 @@ def main() -> None:
         results["dense"] = run_isolated(__file__, {"windows": args.windows})
     for s, m, (budget, dsnot) in itertools.product(args.sparsity, args.methods, VARIANTS):
         k = key(s, m, budget, dsnot)
-        if k in results:
+        if k in results or args.no_run:
             continue
         results[k] = {"sparsity": s, "method": m, "budget": budget, "dsnot": dsnot, **run_isolated(__file__, spec_for(s, m, budget, dsnot, args))}
         args.json.write_text(json.dumps(results, indent=2) + "\n")
