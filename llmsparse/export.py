@@ -20,7 +20,7 @@ import torch
 
 from . import formats
 from .card import model_card
-from .models import find_layers, matrix_modules
+from .pruning import select_targets
 from .recipe import dump_recipe
 from .report import PruneReport
 
@@ -36,10 +36,7 @@ class OutputDirError(ValueError):
 
 def compressible_weights(model, report: PruneReport | None = None, structured: bool = False) -> list[str]:
     """State-dict keys of the matrices to store compactly: the pruned ones (from ``report``), else every decoder matrix."""
-    layout = find_layers(model)
-    modules = {}
-    for i, layer in enumerate(layout.layers):
-        modules.update(matrix_modules(layer, layout.layer_name(i)))
+    modules = {name: module for matrices in select_targets(model).values() for name, module in matrices.items()}
     names = [m.name for m in report.matrices] if report is not None else list(modules)
     if structured:
         conv = [n for n in names if not isinstance(modules.get(n), torch.nn.Linear)]
