@@ -8,10 +8,15 @@ Notebook use::
     print(report.table())
     print(llmsparse.perplexity(model, tok, "wiki.test.raw", seqlen=1024, windows=8))
     llmsparse.save_pruned(model, tok, "out/gemma-sparsegpt-50", report=report)
+
+    act = llmsparse.sparsify_activations(model, tok, method="teal", sparsity=0.5, calib="wiki.valid.tokens")
+    llmsparse.enable_sparse_decode(model)  # batch-1 CPU decoding reads only the kept weight rows
 """
 
 __version__ = "0.1.0"
 
+from . import activation
+from .activation import ActivationReport, enable_sparse_decode, measure_activation_sparsity, sparsify_activations
 from .calibration import CalibrationDataError, calibration_ids
 from .export import OutputDirError, save_pruned
 from .masks import Pattern, SparsityError
@@ -24,6 +29,7 @@ from .report import PruneReport
 
 __all__ = [
     "METHODS",
+    "ActivationReport",
     "CalibrationDataError",
     "EvaluationError",
     "ModelError",
@@ -33,14 +39,18 @@ __all__ = [
     "RecipeError",
     "SparsityError",
     "UnknownMethodError",
+    "activation",
     "calibration_ids",
+    "enable_sparse_decode",
     "find_layers",
     "get_method",
     "load_model",
     "load_recipe",
+    "measure_activation_sparsity",
     "perplexity",
     "prune",
     "register",
     "save_pruned",
     "select_targets",
+    "sparsify_activations",
 ]

@@ -54,7 +54,34 @@ def _evaluation_table(evaluation: dict[str, Any]) -> list[str]:
     ]
 
 
-def model_card(report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str) -> str:
+def _activation_section(act) -> list[str]:
+    lines = [
+        "## Activation sparsity",
+        "",
+        f"{act.method.upper()} ({act.allocation} allocation), target {act.sparsity:g}; the paper's figure "
+        f"({act.paper_definition}) is {act.paper_sparsity:.2%}.",
+    ]
+    if act.measured:
+        m = act.measured
+        lines.append(
+            f"Measured: {m['overall']:.2%} of the block Linears' weights are skipped per token "
+            f"({m['tokens']} tokens of `{Path(m['source']).name}`)."
+        )
+    cal = act.calibration
+    if cal:
+        lines.append(f"Thresholds calibrated on {cal['nsamples']} x {cal['seqlen']} tokens from `{cal['source']}` (seed {cal['seed']}).")
+    lines += [
+        f"Prompt tokens are sparsified: `{act.prefill}` (decoding always is).",
+        "",
+        "Activations are zeroed at inference by thresholds stored in `activation_sparsity.safetensors`; "
+        "`llmsparse.load_model` restores them. Plain `transformers` ignores that file and runs the model densely.",
+        "",
+    ]
+    return lines + _evaluation_table(act.evaluation)
+
+
+def model_card(report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None) -> str:
+    """The README.md of a saved model; ``activation`` is an :class:`~llmsparse.activation.ActivationReport`."""
     front: dict[str, Any] = {}
     base = hub_id(base_model)
     if base:
@@ -65,14 +92,17 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
     license_ = base_license(base_model)
     if license_:
         front["license"] = license_
-    tags = ["llmsparse", "sparsity", "pruned"]
+    tags = ["llmsparse", "sparsity"]
     if report is not None:
-        tags += [report.method, report.pattern if report.pattern != "unstructured" else "unstructured-sparsity"]
+        tags += ["pruned", report.method, report.pattern if report.pattern != "unstructured" else "unstructured-sparsity"]
+    if activation is not None:
+        tags += ["activation-sparsity", activation.method]
     front["tags"] = tags
     front["library_name"] = "transformers"
     front["pipeline_tag"] = "text-generation"
 
-    title = f"{base_model or 'model'} pruned with llmsparse"
+    done = " and ".join(([] if report is None else ["pruned"]) + ([] if activation is None else ["activation-sparsified"])) or "saved"
+    title = f"{base_model or 'model'} {done} with llmsparse"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {title}", ""]
     if report is not None:
         lines += [
@@ -99,6 +129,8 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
         lines += ["## Sparsity per decoder layer", "", "| layer | sparsity |", "|---|---|"]
         lines += [f"| {layer} | {value:.4f} |" for layer, value in report.layer_sparsity().items()]
         lines.append("")
+    if activation is not None:
+        lines += _activation_section(activation)
     if recipe:
         from .recipe import dump_recipe
 

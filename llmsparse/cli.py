@@ -1,4 +1,4 @@
-"""Command line: ``llmsparse prune``, ``llmsparse eval``, ``llmsparse methods`` (thin over the Python API)."""
+"""Command line: ``llmsparse prune|sparsify|generate|eval|push|methods`` (thin over the Python API)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .activation import ACTIVATION_METHODS, ALLOCATIONS, PREFILL, check_request, enable_sparse_decode, measure_activation_sparsity, settings_of, sparsify_activations
+from .activation.decode import timed_generate
 from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, CalibrationDataError
 from .engine import CalibrationError
@@ -103,7 +105,35 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("repo_id", help="Hub repository, e.g. you/model-wanda-50")
     _push_flags(h)
 
-    sub.add_parser("methods", help="list pruning methods and their options")
+    a = sub.add_parser("sparsify", help="training-free activation sparsity (TEAL, WINA, CHESS)", description="Calibrate activation thresholds and save them with the model.")
+    _common_model_flags(a)
+    a.add_argument("--method", default="teal", choices=sorted(ACTIVATION_METHODS), help="activation sparsity method (default teal)")
+    a.add_argument("--sparsity", type=float, required=True, help="fraction of activations zeroed, in [0, 1)")
+    a.add_argument("--calib", help=f"calibration data: a file, a Hub dataset ({', '.join(HUB_DATASETS)}) or '{SELF}'; not needed by wina top-k with uniform allocation")
+    a.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files (default text)")
+    a.add_argument("--nsamples", type=int, default=16, help="calibration sequences (default 16)")
+    a.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    a.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
+    a.add_argument("--allocation", default="uniform", choices=ALLOCATIONS, help="uniform: every projection at --sparsity; greedy: TEAL's block-wise search (teal, wina)")
+    a.add_argument("--greedy-step", type=float, default=0.05, help="greedy: sparsity step of a q-sized projection (default 0.05)")
+    a.add_argument("--greedy-samples", type=int, default=4, help="greedy: calibration sequences used to measure block error (default 4)")
+    a.add_argument("--sparsify-prefill", default="all", choices=PREFILL, help="which prompt tokens are sparsified: all (default), none, or last-half; decoding always is")
+    a.add_argument("--wina-mode", choices=["topk", "threshold"], help="wina: top-k per token (default) or calibrated thresholds")
+    a.add_argument("--output", help="directory for the model with its thresholds (activation_sparsity.safetensors)")
+    a.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    a.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, upload --output to this Hub repo")
+    _push_flags(a)
+    a.add_argument("--eval-ppl", metavar="TEXT", help="also measure perplexity (dense and sparse) and the skipped-weight fraction on a text file or 'wikitext2'")
+    a.add_argument("--ppl-seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
+    a.add_argument("--ppl-windows", type=int, help="perplexity windows to use (default: all)")
+
+    g = sub.add_parser("generate", help="greedy generation at batch size 1, with tokens/s", description="Greedy decoding with timing; --sparse-decode uses the sparse kernel of activation-sparse models.")
+    _common_model_flags(g)
+    g.add_argument("--prompt", required=True, help="prompt text")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64; EOS does not stop it)")
+    g.add_argument("--sparse-decode", action="store_true", help="skip the weight rows of zeroed inputs when decoding (activation-sparse models)")
+
+    sub.add_parser("methods", help="list pruning and activation sparsity methods and their options")
     return parser
 
 
@@ -127,17 +157,22 @@ def _prune_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _check_calib(calib: str | None, needed: bool, what: str) -> None:
+    if not needed:
+        return
+    if calib is None:
+        raise CalibrationDataError(f"{what} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
+    if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
+        raise CalibrationDataError(f"calibration file {calib!r} does not exist")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _prune_settings(args)
     # Check everything that can be checked before the (slow) model load.
     method = get_method(settings["method"], **settings["method_options"])
     _, pattern = resolve_target(settings.get("sparsity"), settings.get("pattern"))
     calib = settings.get("calib")
-    if method.needs_calibration:
-        if calib is None:
-            raise CalibrationDataError(f"method {method.name!r} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
-        if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
-            raise CalibrationDataError(f"calibration file {calib!r} does not exist")
+    _check_calib(calib, method.needs_calibration, f"method {method.name!r}")
     _, stored_pattern = parse_format(args.format)
     if stored_pattern is not None and stored_pattern != pattern:
         raise CheckpointError(f"--format {args.format} stores {stored_pattern} sparse matrices, but this run prunes {pattern}: use --pattern {args.format} or --format bitmask")
@@ -170,6 +205,55 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    options = {"mode": args.wina_mode} if args.wina_mode else {}
+    if args.wina_mode and args.method != "wina":
+        raise ValueError(f"--wina-mode is an option of wina, not of {args.method}")
+    # Check everything that can be checked before the (slow) model load.
+    method = check_request(args.method, args.sparsity, args.allocation, args.sparsify_prefill, options)
+    _check_calib(args.calib, method.needs_calibration(args.allocation), f"{args.method} with {args.allocation} allocation")
+    if args.push_to_hub and not args.output:
+        raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
+    if args.output:
+        check_output_dir(args.output, args.overwrite)
+
+    model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
+    device = resolve_device(args.device)
+    model.to(device)
+    if args.eval_ppl:
+        dense = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
+    report = sparsify_activations(
+        model, tokenizer, args.method, args.sparsity, args.calib, args.nsamples, args.seqlen, args.seed,
+        args.allocation, args.sparsify_prefill, options, device, args.calib_field, args.greedy_step, args.greedy_samples,
+    )
+    if args.eval_ppl:
+        sparse = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
+        report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
+        report.measured = measure_activation_sparsity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, min(args.ppl_windows or 4, 4))
+    print(report.table())
+    if args.eval_ppl:
+        print(f"dense  {dense}\nsparse {sparse}")
+    if args.output:
+        out = save_pruned(model.to("cpu"), tokenizer, args.output, base_model=args.model, overwrite=args.overwrite, activation=report)
+        print(f"saved to {out}")
+        if args.push_to_hub:
+            print(f"pushed: {push(out, args.push_to_hub, private=args.private, revision=args.revision)}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
+    model.to(resolve_device(args.device))
+    if args.sparse_decode:
+        if settings_of(model) is None:
+            raise ValueError("--sparse-decode needs an activation-sparse model (made by llmsparse sparsify)")
+        enable_sparse_decode(model)
+    t = timed_generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    print(t.text)
+    print(f"{t.new_tokens} tokens in {t.decode_s:.2f} s: {t.tokens_per_s:.2f} tokens/s (prompt: {t.prompt_tokens} tokens in {t.prefill_s:.2f} s)", file=sys.stderr)
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     print(f"pushed: {push(args.directory, args.repo_id, private=args.private, revision=args.revision)}")
     return 0
@@ -179,6 +263,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
     model.to(resolve_device(args.device))
     print(perplexity(model, tokenizer, args.ppl, args.seqlen, args.windows))
+    if settings_of(model) is not None:
+        m = measure_activation_sparsity(model, tokenizer, args.ppl, args.seqlen, min(args.windows or 4, 4))
+        print(f"activation sparsity ({settings_of(model)['method']}): {m['overall']:.2%} of block weights skipped per token ({m['tokens']} tokens)")
     return 0
 
 
@@ -187,6 +274,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)) or "no options"
         data = "calibration data" if cls.needs_calibration else "no data"
         print(f"{name:<10} ({data}): {opts}")
+    for name, cls in sorted(ACTIVATION_METHODS.items()):
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config)) or "no options"
+        print(f"{name:<10} (activation, allocation {'/'.join(cls.allocations)}): {opts}")
     return 0
 
 
@@ -194,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prune": cmd_prune, "eval": cmd_eval, "push": cmd_push, "methods": cmd_methods}[args.command](args)
+        return {"prune": cmd_prune, "sparsify": cmd_sparsify, "generate": cmd_generate, "eval": cmd_eval, "push": cmd_push, "methods": cmd_methods}[args.command](args)
     except (ValueError, OSError, CalibrationError, HessianError) as err:
         print(f"llmsparse: error: {err}", file=sys.stderr)
         return 2

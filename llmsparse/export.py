@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import formats
+from .activation.io import save_activation_state
 from .card import model_card
 from .pruning import select_targets
 from .recipe import dump_recipe
@@ -26,6 +27,7 @@ from .report import PruneReport
 
 METADATA_FILE = "llmsparse.json"
 REPORT_FILE = "sparsity_report.json"
+ACTIVATION_REPORT_FILE = "activation_report.json"
 RECIPE_FILE = "recipe.yaml"
 CARD_FILE = "README.md"
 
@@ -73,11 +75,14 @@ def save_pruned(
     base_model: str | None = None,
     format: str = "dense",
     overwrite: bool = False,
+    activation=None,
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
     ``format`` is ``dense``, ``bitmask`` or an N:M pattern such as ``2:4``; with a compact format the
-    byte counts of the pruned matrices before and after land in ``report.storage``.
+    byte counts of the pruned matrices before and after land in ``report.storage``. Activation
+    sparsity attached to ``model`` is saved with it (``activation_sparsity.safetensors``); pass its
+    :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``.
     """
     name, pattern = formats.parse_format(format)
     targets = compressible_weights(model, report, structured=pattern is not None) if name != "dense" else []
@@ -86,6 +91,7 @@ def save_pruned(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        save_activation_state(model, tmp)
         if name != "dense":
             config = formats.compress_checkpoint(tmp, name, targets)
             storage = {"format": name, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
@@ -100,8 +106,11 @@ def save_pruned(
         if report is not None:
             metadata["report"] = report.to_dict()
             report.save_json(tmp / REPORT_FILE)
+        if activation is not None:
+            metadata["activation"] = activation.to_dict()
+            activation.save_json(tmp / ACTIVATION_REPORT_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -101,6 +101,10 @@ def load_model(
         raise ModelError(f"cannot load weights from {source!r} (only safetensors are accepted): {err}") from err
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     model.eval()
+    from .activation import io as activation_io  # not at module level: activation imports this module
+
+    if getattr(config, activation_io.CONFIG_KEY, None):
+        activation_io.restore_activation_state(model, source if Path(source).is_dir() else _hub_file_dir(source, activation_io.STATE_FILE, revision))
     return model, tokenizer
 
 
@@ -133,6 +137,13 @@ def _load_compact(directory: Path, config, dtype: torch.dtype | None, trust_remo
     if missing:
         raise formats.CheckpointError(f"{directory}: partial checkpoint, {len(missing)} tensors missing (first: {missing[0]})")
     return model.to(dtype) if dtype is not None else model
+
+
+def _hub_file_dir(repo_id: str, filename: str, revision: str | None) -> Path:
+    """The local directory holding ``filename`` of a Hub model repo (downloaded once into the HF cache)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, revision=revision)).parent
 
 
 def _bundled_gemma_gguf() -> str:

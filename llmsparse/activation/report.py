@@ -1,0 +1,69 @@
+"""What an activation sparsifier did: targets per layer and role, the paper's figure, and the measured one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .sites import Block
+
+
+def skipped_fractions(block: Block, zeros: dict[str, float]) -> dict[str, float]:
+    """Fraction of each block Linear's weight that a token does not need, from zero fractions per site role.
+
+    A Linear skips the rows of its zero inputs; CHESS's ``up`` also skips the outputs whose
+    activation was dropped (they are multiplied by zero).
+    """
+    out = {}
+    for role in block.linears:
+        if role in zeros:
+            out[role] = zeros[role]
+        elif role == "up" and "act" in zeros:
+            out[role] = zeros["act"]
+        else:
+            out[role] = 0.0
+    return out
+
+
+def common_sparsity(blocks: list[Block], per_block: list[dict[str, float]]) -> float:
+    """The common figure: parameter-weighted fraction of all block Linears' weights skipped per token."""
+    total = sum(size for b in blocks for size in b.sizes.values())
+    return sum(frac[role] * b.sizes[role] for b, frac in zip(blocks, per_block) for role in b.sizes) / total
+
+
+@dataclass
+class ActivationReport:
+    method: str
+    sparsity: float  # the requested target
+    allocation: str
+    prefill: str
+    options: dict[str, Any]
+    calibration: dict[str, Any] | None
+    layers: list[dict[str, float]]  # per layer: role -> calibrated target
+    paper_sparsity: float
+    paper_definition: str
+    measured: dict[str, Any] | None = None  # from measure_activation_sparsity on evaluation data
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def table(self) -> str:
+        roles = sorted({r for layer in self.layers for r in layer}, key=lambda r: list(self.layers[0]).index(r) if r in self.layers[0] else 99)
+        lines = [
+            f"{self.method} activation sparsity {self.sparsity:g} ({self.allocation} allocation, prefill: {self.prefill})",
+            f"paper figure ({self.paper_definition}): {self.paper_sparsity:.2%}",
+        ]
+        if self.measured:
+            m = self.measured
+            lines.append(f"measured common figure (weights skipped per token, {m['tokens']} tokens of {Path(m['source']).name}): {m['overall']:.2%}")
+        lines.append("layer  " + "  ".join(f"{r:>6}" for r in roles))
+        for i, layer in enumerate(self.layers):
+            lines.append(f"{i:>5}  " + "  ".join(f"{layer[r]:>6.3f}" if r in layer else f"{'-':>6}" for r in roles))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,77 @@
+"""TEAL (Liu et al. 2024): magnitude thresholds on the inputs of every block Linear.
+
+Pure functions: thresholds are exact quantiles of ``|x|`` per projection (the reference's
+signed-histogram shortcut assumes symmetry); :func:`greedy_allocation` is TEAL's block-wise search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..masks import SparsityError
+from .base import ActivationMethod, Captured, quantile_threshold, sorted_abs
+from .runtime import Site
+from .sites import Block
+
+
+def greedy_allocation(
+    weights: dict[str, float],
+    target: float,
+    error: Callable[[dict[str, float]], float],
+    step: float = 0.05,
+    max_sparsity: float = 0.99,
+) -> dict[str, float]:
+    """Per-role sparsities whose parameter-weighted mean is exactly ``target``, found greedily.
+
+    Starting from all zeros, each step tries raising every role's sparsity by ``step / weight``
+    (so every candidate adds the same number of skipped parameters) and keeps the one with the
+    lowest ``error``; the last step is shortened to land on the target exactly.
+    """
+    if not 0.0 <= target < 1.0:
+        raise SparsityError(f"activation sparsity must be in [0, 1), got {target}")
+    if target > max_sparsity:
+        raise SparsityError(f"target {target} is above the per-projection cap {max_sparsity}")
+    total = sum(weights.values())
+    current = {role: 0.0 for role in weights}
+    skipped = 0.0  # sum of weight * sparsity
+    while skipped < target * total - 1e-9:
+        best = None
+        for role, w in weights.items():
+            increase = min(step / w, max_sparsity - current[role], (target * total - skipped) / w)
+            if increase <= 1e-12:
+                continue
+            trial = dict(current, **{role: current[role] + increase})
+            e = error(trial)
+            if best is None or e < best[0]:
+                best = (e, role, increase)
+        if best is None:
+            raise SparsityError(f"no projection can be sparsified further to reach {target}")
+        _, role, increase = best
+        current[role] += increase
+        skipped += weights[role] * increase
+    return current
+
+
+@dataclass
+class TEALConfig:
+    """TEAL has no options beyond sparsity and allocation."""
+
+
+class TEAL(ActivationMethod):
+    name = "teal"
+    Config = TEALConfig
+    paper_definition = "model-wide: parameter-weighted over the block Linears (TEAL)"
+
+    def prepare(self, block: Block, captured: Captured) -> dict:
+        by_tensor: dict[int, object] = {}
+        for x in captured.inputs.values():
+            if id(x) not in by_tensor:
+                by_tensor[id(x)] = sorted_abs(x)
+        return {role: by_tensor[id(x)] for role, x in captured.inputs.items()}
+
+    def sites(self, block: Block, prepared: dict, sparsities: dict[str, float]) -> dict[str, Site]:
+        return {
+            block.names[role]: Site(role, s, threshold=quantile_threshold(prepared[role], s))
+            for role, s in sparsities.items()
+        }
