@@ -112,7 +112,9 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
         ]
         cal = report.calibration
         lines.append(
-            f"Calibration: {cal['nsamples']} x {cal['seqlen']} tokens from `{cal['source']}` (seed {cal['seed']})." if cal else "Calibration: none (data-free method)."
+            f"Calibration: {cal['nsamples']} x {cal['seqlen']} tokens from `{cal['source']}` (seed {cal['seed']})."
+            if cal
+            else "Calibration: none (data-free method)."
         )
         lines.append("")
     storage_note = {
@@ -122,7 +124,10 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
     lines += [f"Weights: {storage_note}.", ""]
     if report is not None and report.storage:
         s = report.storage
-        lines += [f"Pruned matrices take {s['bytes_compressed']:,} bytes instead of {s['bytes_dense']:,} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x).", ""]
+        lines += [
+            f"Pruned matrices take {s['bytes_compressed']:,} bytes instead of {s['bytes_dense']:,} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x).",
+            "",
+        ]
     lines += ["```python", "import llmsparse", 'model, tokenizer = llmsparse.load_model("THIS_DIRECTORY_OR_REPO")', "```", ""]
     if report is not None:
         lines += _evaluation_table(report.evaluation)
@@ -134,5 +139,14 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
     if recipe:
         from .recipe import dump_recipe
 
-        lines += ["## Recipe", "", "Repeat the run with `llmsparse prune BASE_MODEL --recipe recipe.yaml`:", "", "```yaml", dump_recipe(recipe).rstrip(), "```", ""]
+        lines += [
+            "## Recipe",
+            "",
+            "Repeat the run with `llmsparse prune BASE_MODEL --recipe recipe.yaml`:",
+            "",
+            "```yaml",
+            dump_recipe(recipe).rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)

@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .activation import ACTIVATION_METHODS, ALLOCATIONS, PREFILL, check_request, enable_sparse_decode, measure_activation_sparsity, settings_of, sparsify_activations
+from .activation import (
+    ACTIVATION_METHODS,
+    ALLOCATIONS,
+    PREFILL,
+    check_request,
+    enable_sparse_decode,
+    measure_activation_sparsity,
+    settings_of,
+    sparsify_activations,
+)
 from .activation.decode import timed_generate
 from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, CalibrationDataError
@@ -54,7 +63,12 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
 
 def _common_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Hub id, local HF directory, .gguf file, or 'gemma-3-270m' (bundled Gemma 3 270M)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weight dtype to load (default: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weight dtype to load (default: the checkpoint's)",
+    )
     p.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub to run (off by default)")
 
@@ -71,23 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=sorted(METHODS), help="pruning method (default wanda)")
     p.add_argument("--sparsity", type=float, help="fraction of weights set to zero, in [0, 1) (implied by an N:M pattern)")
     p.add_argument("--pattern", help="'unstructured' (default) or N:M, e.g. 2:4 = 2 zeros in every 4 consecutive inputs")
-    p.add_argument("--calib", help=f"calibration data: a .txt/.jsonl/.parquet file, a Hub dataset ({', '.join(HUB_DATASETS)}), or '{SELF}' (text the model generates)")
+    p.add_argument(
+        "--calib",
+        help=f"calibration data: a .txt/.jsonl/.parquet file, a Hub dataset ({', '.join(HUB_DATASETS)}), or '{SELF}' (text the model generates)",
+    )
     p.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files (default text)")
     p.add_argument("--nsamples", type=int, help="calibration sequences (default 128)")
     p.add_argument("--seqlen", type=int, help="tokens per calibration sequence (default 2048)")
     p.add_argument("--seed", type=int, help="seed for the calibration windows (default 0)")
     p.add_argument("--targets", nargs="+", metavar="REGEX", help="prune only matrices whose name matches one of these regexes")
     p.add_argument("--ignore", nargs="+", metavar="REGEX", help="skip matrices whose name matches one of these regexes")
-    p.add_argument("--true-sequential", action="store_true", default=None, help="re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)")
-    p.add_argument("--layer-budget", choices=BUDGETS, help="how sparsity is spread over decoder layers: uniform (default) or owl (outlier-weighted)")
+    p.add_argument(
+        "--true-sequential",
+        action="store_true",
+        default=None,
+        help="re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)",
+    )
+    p.add_argument(
+        "--layer-budget", choices=BUDGETS, help="how sparsity is spread over decoder layers: uniform (default) or owl (outlier-weighted)"
+    )
     p.add_argument("--owl-m", type=float, help=f"OWL: {_help(OWLConfig, 'm')} (default {OWLConfig.m:g})")
     p.add_argument("--owl-lambda", type=float, help=f"OWL: {_help(OWLConfig, 'lam')} (default {OWLConfig.lam:g})")
     p.add_argument("--init", dest="opt:dsnot:init", help="dsnot: the method whose scores give the initial mask (same as --dsnot-init)")
-    p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="dtype of the calibration forward passes (default: the model's; statistics and pruning math are float32 either way)")
+    p.add_argument(
+        "--compute-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="dtype of the calibration forward passes (default: the model's; statistics and pruning math are float32 either way)",
+    )
     p.add_argument("--output", help="directory for the pruned model (safetensors, tokenizer, recipe.yaml, sparsity_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
-    p.add_argument("--format", default="dense", help="weights on disk: dense (default; plain transformers loads it), bitmask (compact, any sparsity) or N:M such as 2:4 (compact, needs that pattern); compact ones load with llmsparse")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, upload --output to this Hub repo (token from HF_TOKEN or huggingface-cli login)")
+    p.add_argument(
+        "--format",
+        default="dense",
+        help="weights on disk: dense (default; plain transformers loads it), bitmask (compact, any sparsity) or N:M such as 2:4 (compact, needs that pattern); compact ones load with llmsparse",
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="after saving, upload --output to this Hub repo (token from HF_TOKEN or huggingface-cli login)",
+    )
     _push_flags(p)
     p.add_argument("--eval-ppl", metavar="TEXT", help="also measure perplexity before and after pruning on a text file or 'wikitext2'")
     p.add_argument("--ppl-seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
@@ -100,38 +137,69 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seqlen", type=int, default=1024, help="window length (default 1024)")
     e.add_argument("--windows", type=int, help="number of windows from the start (default: all)")
 
-    h = sub.add_parser("push", help="upload a saved sparse model to the Hugging Face Hub", description="Upload a directory written by llmsparse to the Hub.")
+    h = sub.add_parser(
+        "push",
+        help="upload a saved sparse model to the Hugging Face Hub",
+        description="Upload a directory written by llmsparse to the Hub.",
+    )
     h.add_argument("directory", help="a directory written by llmsparse prune --output")
     h.add_argument("repo_id", help="Hub repository, e.g. you/model-wanda-50")
     _push_flags(h)
 
-    a = sub.add_parser("sparsify", help="training-free activation sparsity (TEAL, WINA, CHESS)", description="Calibrate activation thresholds and save them with the model.")
+    a = sub.add_parser(
+        "sparsify",
+        help="training-free activation sparsity (TEAL, WINA, CHESS)",
+        description="Calibrate activation thresholds and save them with the model.",
+    )
     _common_model_flags(a)
     a.add_argument("--method", default="teal", choices=sorted(ACTIVATION_METHODS), help="activation sparsity method (default teal)")
     a.add_argument("--sparsity", type=float, required=True, help="fraction of activations zeroed, in [0, 1)")
-    a.add_argument("--calib", help=f"calibration data: a file, a Hub dataset ({', '.join(HUB_DATASETS)}) or '{SELF}'; not needed by wina top-k with uniform allocation")
+    a.add_argument(
+        "--calib",
+        help=f"calibration data: a file, a Hub dataset ({', '.join(HUB_DATASETS)}) or '{SELF}'; not needed by wina top-k with uniform allocation",
+    )
     a.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files (default text)")
     a.add_argument("--nsamples", type=int, default=16, help="calibration sequences (default 16)")
     a.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default 512)")
     a.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
-    a.add_argument("--allocation", default="uniform", choices=ALLOCATIONS, help="uniform: every projection at --sparsity; greedy: TEAL's block-wise search (teal, wina)")
+    a.add_argument(
+        "--allocation",
+        default="uniform",
+        choices=ALLOCATIONS,
+        help="uniform: every projection at --sparsity; greedy: TEAL's block-wise search (teal, wina)",
+    )
     a.add_argument("--greedy-step", type=float, default=0.05, help="greedy: sparsity step of a q-sized projection (default 0.05)")
     a.add_argument("--greedy-samples", type=int, default=4, help="greedy: calibration sequences used to measure block error (default 4)")
-    a.add_argument("--sparsify-prefill", default="all", choices=PREFILL, help="which prompt tokens are sparsified: all (default), none, or last-half; decoding always is")
+    a.add_argument(
+        "--sparsify-prefill",
+        default="all",
+        choices=PREFILL,
+        help="which prompt tokens are sparsified: all (default), none, or last-half; decoding always is",
+    )
     a.add_argument("--wina-mode", choices=["topk", "threshold"], help="wina: top-k per token (default) or calibrated thresholds")
     a.add_argument("--output", help="directory for the model with its thresholds (activation_sparsity.safetensors)")
     a.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
     a.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, upload --output to this Hub repo")
     _push_flags(a)
-    a.add_argument("--eval-ppl", metavar="TEXT", help="also measure perplexity (dense and sparse) and the skipped-weight fraction on a text file or 'wikitext2'")
+    a.add_argument(
+        "--eval-ppl",
+        metavar="TEXT",
+        help="also measure perplexity (dense and sparse) and the skipped-weight fraction on a text file or 'wikitext2'",
+    )
     a.add_argument("--ppl-seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
     a.add_argument("--ppl-windows", type=int, help="perplexity windows to use (default: all)")
 
-    g = sub.add_parser("generate", help="greedy generation at batch size 1, with tokens/s", description="Greedy decoding with timing; --sparse-decode uses the sparse kernel of activation-sparse models.")
+    g = sub.add_parser(
+        "generate",
+        help="greedy generation at batch size 1, with tokens/s",
+        description="Greedy decoding with timing; --sparse-decode uses the sparse kernel of activation-sparse models.",
+    )
     _common_model_flags(g)
     g.add_argument("--prompt", required=True, help="prompt text")
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64; EOS does not stop it)")
-    g.add_argument("--sparse-decode", action="store_true", help="skip the weight rows of zeroed inputs when decoding (activation-sparse models)")
+    g.add_argument(
+        "--sparse-decode", action="store_true", help="skip the weight rows of zeroed inputs when decoding (activation-sparse models)"
+    )
 
     sub.add_parser("methods", help="list pruning and activation sparsity methods and their options")
     return parser
@@ -175,7 +243,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_calib(calib, method.needs_calibration, f"method {method.name!r}")
     _, stored_pattern = parse_format(args.format)
     if stored_pattern is not None and stored_pattern != pattern:
-        raise CheckpointError(f"--format {args.format} stores {stored_pattern} sparse matrices, but this run prunes {pattern}: use --pattern {args.format} or --format bitmask")
+        raise CheckpointError(
+            f"--format {args.format} stores {stored_pattern} sparse matrices, but this run prunes {pattern}: use --pattern {args.format} or --format bitmask"
+        )
     if args.push_to_hub and not args.output:
         raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
     if args.output:
@@ -195,10 +265,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"dense  {dense}\nsparse {sparse}")
     if args.output:
         recipe = dict(settings, calib=report.calibration["source"] if report.calibration else calib)
-        out = save_pruned(model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, format=args.format, overwrite=args.overwrite)
+        out = save_pruned(
+            model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, format=args.format, overwrite=args.overwrite
+        )
         if report.storage:
             s = report.storage
-            print(f"pruned matrices: {s['bytes_dense']:,} bytes dense -> {s['bytes_compressed']:,} bytes {s['format']} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x)")
+            print(
+                f"pruned matrices: {s['bytes_dense']:,} bytes dense -> {s['bytes_compressed']:,} bytes {s['format']} ({s['bytes_compressed'] / s['bytes_dense']:.3f}x)"
+            )
         print(f"saved to {out}")
         if args.push_to_hub:
             print(f"pushed: {push(out, args.push_to_hub, private=args.private, revision=args.revision)}")
@@ -223,8 +297,21 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.eval_ppl:
         dense = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
     report = sparsify_activations(
-        model, tokenizer, args.method, args.sparsity, args.calib, args.nsamples, args.seqlen, args.seed,
-        args.allocation, args.sparsify_prefill, options, device, args.calib_field, args.greedy_step, args.greedy_samples,
+        model,
+        tokenizer,
+        args.method,
+        args.sparsity,
+        args.calib,
+        args.nsamples,
+        args.seqlen,
+        args.seed,
+        args.allocation,
+        args.sparsify_prefill,
+        options,
+        device,
+        args.calib_field,
+        args.greedy_step,
+        args.greedy_samples,
     )
     if args.eval_ppl:
         sparse = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
@@ -250,7 +337,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         enable_sparse_decode(model)
     t = timed_generate(model, tokenizer, args.prompt, args.max_new_tokens)
     print(t.text)
-    print(f"{t.new_tokens} tokens in {t.decode_s:.2f} s: {t.tokens_per_s:.2f} tokens/s (prompt: {t.prompt_tokens} tokens in {t.prefill_s:.2f} s)", file=sys.stderr)
+    print(
+        f"{t.new_tokens} tokens in {t.decode_s:.2f} s: {t.tokens_per_s:.2f} tokens/s (prompt: {t.prompt_tokens} tokens in {t.prefill_s:.2f} s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -265,7 +355,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(perplexity(model, tokenizer, args.ppl, args.seqlen, args.windows))
     if settings_of(model) is not None:
         m = measure_activation_sparsity(model, tokenizer, args.ppl, args.seqlen, min(args.windows or 4, 4))
-        print(f"activation sparsity ({settings_of(model)['method']}): {m['overall']:.2%} of block weights skipped per token ({m['tokens']} tokens)")
+        print(
+            f"activation sparsity ({settings_of(model)['method']}): {m['overall']:.2%} of block weights skipped per token ({m['tokens']} tokens)"
+        )
     return 0
 
 
@@ -284,7 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prune": cmd_prune, "sparsify": cmd_sparsify, "generate": cmd_generate, "eval": cmd_eval, "push": cmd_push, "methods": cmd_methods}[args.command](args)
+        return {
+            "prune": cmd_prune,
+            "sparsify": cmd_sparsify,
+            "generate": cmd_generate,
+            "eval": cmd_eval,
+            "push": cmd_push,
+            "methods": cmd_methods,
+        }[args.command](args)
     except (ValueError, OSError, CalibrationError, HessianError) as err:
         print(f"llmsparse: error: {err}", file=sys.stderr)
         return 2

@@ -63,7 +63,12 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"llmsparse": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    return {
+        "llmsparse": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def save_pruned(

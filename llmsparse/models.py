@@ -104,7 +104,9 @@ def load_model(
     from .activation import io as activation_io  # not at module level: activation imports this module
 
     if getattr(config, activation_io.CONFIG_KEY, None):
-        activation_io.restore_activation_state(model, source if Path(source).is_dir() else _hub_file_dir(source, activation_io.STATE_FILE, revision))
+        activation_io.restore_activation_state(
+            model, source if Path(source).is_dir() else _hub_file_dir(source, activation_io.STATE_FILE, revision)
+        )
     return model, tokenizer
 
 
@@ -233,11 +235,7 @@ def find_layers(model: nn.Module) -> DecoderLayout:
 
 def matrix_modules(module: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
     """All prunable matrices inside ``module`` by qualified name (``prefix.sub.name``), in definition order."""
-    return {
-        f"{prefix}.{name}" if prefix else name: m
-        for name, m in module.named_modules()
-        if name and is_matrix_module(m)
-    }
+    return {f"{prefix}.{name}" if prefix else name: m for name, m in module.named_modules() if name and is_matrix_module(m)}
 
 
 def get_weight(module: nn.Module, tensor: torch.Tensor | None = None) -> torch.Tensor:

@@ -54,7 +54,9 @@ def capture(layer: nn.Module, block: Block, hidden, call, device, need_act: bool
     handles = [m.register_forward_pre_hook(pre_hook(role)) for role, m in block.linears.items()]
     if need_act:
         handles.append(block.act.register_forward_hook(lambda m, i, out: act_chunks.append(out.reshape(-1, out.shape[-1]).float())))
-        handles.append(block.linears["up"].register_forward_hook(lambda m, i, out: up_sum.append(out.reshape(-1, out.shape[-1]).float().abs().sum(0))))
+        handles.append(
+            block.linears["up"].register_forward_hook(lambda m, i, out: up_sum.append(out.reshape(-1, out.shape[-1]).float().abs().sum(0)))
+        )
     try:
         for h in hidden:
             seen.clear()
@@ -150,7 +152,12 @@ def sparsify_activations(
         if calib is None:
             raise CalibrationDataError(f"{act_method.name} with {allocation} allocation needs calibration data (calib=...)")
         ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
-        calibration = {"source": calib if isinstance(calib, str) else "tensor", "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "seed": seed}
+        calibration = {
+            "source": calib if isinstance(calib, str) else "tensor",
+            "nsamples": int(ids.shape[0]),
+            "seqlen": int(ids.shape[1]),
+            "seed": seed,
+        }
         layout = find_layers(model)
         dtype = engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
@@ -164,7 +171,13 @@ def sparsify_activations(
         for block in tqdm(blocks, desc=f"{act_method.name} sites", leave=False):
             build(block, act_method.prepare(block, None), None, None, None)
 
-    settings = {"method": act_method.name, "sparsity": sparsity, "allocation": allocation, "prefill": prefill, "options": dict(method_options or {})}
+    settings = {
+        "method": act_method.name,
+        "sparsity": sparsity,
+        "allocation": allocation,
+        "prefill": prefill,
+        "options": dict(method_options or {}),
+    }
     attach(model, sites, settings)
     return ActivationReport(
         method=act_method.name,

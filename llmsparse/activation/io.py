@@ -57,11 +57,15 @@ def site_widths(model: nn.Module) -> dict[str, int]:
 
 def _check_site(name: str, site: Site, widths: dict[str, int], where: Path) -> None:
     if name not in widths:
-        raise CheckpointError(f"{where}: activation site {name!r} is not a projection of this model; the threshold file does not match the model")
+        raise CheckpointError(
+            f"{where}: activation site {name!r} is not a projection of this model; the threshold file does not match the model"
+        )
     channels = widths[name]
     for label, tensor in (("threshold", site.threshold), ("scale", site.scale)):
         if tensor is not None and tensor.dim() > 0 and tensor.numel() != channels:
-            raise CheckpointError(f"{where}: {name}.{label} has {tensor.numel()} channels, the model's module has {channels}; the threshold file does not match the model")
+            raise CheckpointError(
+                f"{where}: {name}.{label} has {tensor.numel()} channels, the model's module has {channels}; the threshold file does not match the model"
+            )
     if site.k is not None and not 0 < site.k <= channels:
         raise CheckpointError(f"{where}: {name} keeps k={site.k} of {channels} channels; the threshold file does not match the model")
 
@@ -71,7 +75,9 @@ def load_activation_state(model: nn.Module, directory: str | Path, block: dict) 
     directory = Path(directory)
     path = directory / block.get("file", STATE_FILE)
     if block.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: activation sparsity format version {block['version']} is newer than this llmsparse reads ({FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: activation sparsity format version {block['version']} is newer than this llmsparse reads ({FORMAT_VERSION})"
+        )
     if not path.is_file():
         raise CheckpointError(f"{directory}: config.json declares activation sparsity but {path.name} is missing")
     try:
@@ -83,7 +89,13 @@ def load_activation_state(model: nn.Module, directory: str | Path, block: dict) 
     sites, widths = {}, site_widths(model)
     for name, info in meta.items():
         try:
-            site = Site(str(info["role"]), float(info["sparsity"]), tensors.pop(f"{name}.threshold", None), tensors.pop(f"{name}.scale", None), info.get("k"))
+            site = Site(
+                str(info["role"]),
+                float(info["sparsity"]),
+                tensors.pop(f"{name}.threshold", None),
+                tensors.pop(f"{name}.scale", None),
+                info.get("k"),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: malformed entry for site {name!r}: {err}") from err
         if site.threshold is None and site.k is None:
@@ -104,4 +116,3 @@ def restore_activation_state(model: nn.Module, directory: str | Path) -> bool:
     delattr(model.config, CONFIG_KEY)  # the block describes the file, not the model: re-saving writes it afresh
     load_activation_state(model, directory, dict(block))
     return True
-

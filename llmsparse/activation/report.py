@@ -49,14 +49,18 @@ class ActivationReport:
     elapsed_s: float = 0.0
 
     def table(self) -> str:
-        roles = sorted({r for layer in self.layers for r in layer}, key=lambda r: list(self.layers[0]).index(r) if r in self.layers[0] else 99)
+        roles = sorted(
+            {r for layer in self.layers for r in layer}, key=lambda r: list(self.layers[0]).index(r) if r in self.layers[0] else 99
+        )
         lines = [
             f"{self.method} activation sparsity {self.sparsity:g} ({self.allocation} allocation, prefill: {self.prefill})",
             f"paper figure ({self.paper_definition}): {self.paper_sparsity:.2%}",
         ]
         if self.measured:
             m = self.measured
-            lines.append(f"measured common figure (weights skipped per token, {m['tokens']} tokens of {Path(m['source']).name}): {m['overall']:.2%}")
+            lines.append(
+                f"measured common figure (weights skipped per token, {m['tokens']} tokens of {Path(m['source']).name}): {m['overall']:.2%}"
+            )
         lines.append("layer  " + "  ".join(f"{r:>6}" for r in roles))
         for i, layer in enumerate(self.layers):
             lines.append(f"{i:>5}  " + "  ".join(f"{layer[r]:>6.3f}" if r in layer else f"{'-':>6}" for r in roles))

@@ -71,7 +71,4 @@ class TEAL(ActivationMethod):
         return {role: by_tensor[id(x)] for role, x in captured.inputs.items()}
 
     def sites(self, block: Block, prepared: dict, sparsities: dict[str, float]) -> dict[str, Site]:
-        return {
-            block.names[role]: Site(role, s, threshold=quantile_threshold(prepared[role], s))
-            for role, s in sparsities.items()
-        }
+        return {block.names[role]: Site(role, s, threshold=quantile_threshold(prepared[role], s)) for role, s in sparsities.items()}
