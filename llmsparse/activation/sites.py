@@ -75,12 +75,12 @@ def find_blocks(model: nn.Module) -> list[Block]:
                 block.sizes[role] = module.weight.numel()
             elif name.rsplit(".", 1)[-1] in ACT_NAMES and isinstance(module, nn.Module):
                 block.act, block.act_name = module, f"{prefix}.{name}"
+        if "down" not in block.linears or not ({"up", "gate_up"} & block.linears.keys()):
+            raise ModelError(f"{arch}: the MLP of {prefix} was not found (expected gate_proj/up_proj/down_proj or fc1/fc2 Linear layers)")
         if not ({"q", "qkv"} & block.linears.keys()) or "o" not in block.linears:
             raise ModelError(
                 f"{arch}: no attention projections (q_proj/k_proj/v_proj/o_proj) found in {prefix}; activation sparsity supports Llama-style and OPT-style blocks"
             )
-        if "down" not in block.linears or not ({"up", "gate_up"} & block.linears.keys()):
-            raise ModelError(f"{arch}: the MLP of {prefix} was not found (expected gate_proj/up_proj/down_proj or fc1/fc2 Linear layers)")
         if block.act is not None:
             if id(block.act) in acts:  # one shared module would make per-layer thresholds impossible
                 block.act, block.act_name = None, None
