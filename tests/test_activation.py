@@ -219,9 +219,10 @@ def test_prefill_conventions(calib_ids):
         assert not torch.allclose(model(x[:, :1]).logits, dense[:, :1])
 
 
-@pytest.mark.parametrize("method,options", [("teal", {}), ("wina", {}), ("chess", {})])
+@pytest.mark.parametrize("method,options", [("teal", {}), ("wina", {}), ("wina", {"mode": "threshold"}), ("chess", {})])
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_sparse_decode_matches_masked_dense(arch, method, options, calib_ids):
+@pytest.mark.parametrize("kernel", ["torch", "cpp"])
+def test_sparse_decode_matches_masked_dense(arch, method, options, kernel, calib_ids):
     if arch == "opt" and method == "chess":
         pytest.skip("CHESS needs a gated MLP")
     model = tiny_model(arch)
@@ -233,14 +234,16 @@ def test_sparse_decode_matches_masked_dense(arch, method, options, calib_ids):
         x = torch.randn(1, 1, module.in_features)
         expected = F.linear(site.apply(x), module.weight, module.bias)
         site.wt = module.weight.data.t().contiguous()
-        assert torch.allclose(site.decode(module, x), expected, atol=1e-5, rtol=1e-5), name
+        for kernel in ("torch", "cpp"):
+            site.kernel = kernel
+            assert torch.allclose(site.decode(module, x), expected, atol=1e-5, rtol=1e-5), (name, kernel)
         site.wt = None
     with torch.no_grad():
         out = model(calib_ids[:1, :8], use_cache=True)
         step = calib_ids[:1, 8:9]
         ref = model(step, past_key_values=out.past_key_values).logits
         out = model(calib_ids[:1, :8], use_cache=True)
-        assert enable_sparse_decode(model) == sum(isinstance(model.get_submodule(n), torch.nn.Linear) for n in sites_of(model))
+        assert enable_sparse_decode(model, kernel) == sum(isinstance(model.get_submodule(n), torch.nn.Linear) for n in sites_of(model))
         fast = model(step, past_key_values=out.past_key_values).logits
         assert torch.allclose(fast, ref, atol=1e-5)
         assert all(not model.get_submodule(n).weight.is_contiguous() for n, s in sites_of(model).items() if s.wt is not None)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernel as _kernel
+
 PREFILL = ("all", "none", "last-half")
 SETTINGS_ATTR = "_llmsparse_activation"  # model attribute: the settings of the attached sparsifier
 SITE_ATTR = "_llmsparse_site"  # module attribute: its Site
@@ -43,6 +45,7 @@ class Site:
     prefill: str = "all"
     counts: list[int] | None = field(default=None, repr=False)  # [zeros, entries] while measuring
     wt: torch.Tensor | None = field(default=None, repr=False)  # [in, out] weight for the sparse decode path
+    kernel: str = field(default="torch", repr=False)  # "cpp" (compiled extension) or "torch" (embedding_bag)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _on(self, name: str, like: torch.Tensor) -> torch.Tensor | None:
@@ -83,6 +86,15 @@ class Site:
     def decode(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """One token: ``y = sum over kept inputs i of x_i * W^T[i]``, reading only the kept rows of ``W^T``."""
         v = x.reshape(-1)
+        if self.kernel == "cpp" and self.counts is None and v.device.type == "cpu":
+            ext = _kernel.load()
+            if self.k is not None:
+                y = ext.rows_gemv(v, self.score(v).topk(self.k).indices, self.wt, module.bias)
+            else:
+                if "t" not in self._cache:  # compared in x's dtype, as the masked path does
+                    self._cache["t"] = float(self.threshold.to(v.dtype)) if self.threshold.dim() == 0 else None
+                y = ext.threshold_gemv(v, self.wt, self._cache["t"], self._on("scale", v), module.bias)
+            return y.view(*x.shape[:-1], -1)
         score = self.score(v)
         if self.k is not None:
             idx = score.topk(self.k).indices
@@ -174,19 +186,29 @@ def set_prefill(model: nn.Module, prefill: str) -> None:
         settings_of(model)["prefill"] = prefill
 
 
-def enable_sparse_decode(model: nn.Module) -> int:
+def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
     """Use the sparse decode path for batch-1, one-token calls of every sparsified Linear.
 
     Each weight is stored transposed (``[in, out]``, input channels contiguous) and the Linear's
     weight becomes a view of it, so memory does not grow; prompts still use ordinary matmuls.
-    Returns the number of Linears switched.
+    ``kernel``: ``cpp`` (the compiled extension), ``torch`` (``F.embedding_bag``, no compiler
+    needed) or ``auto`` (cpp where it builds, else torch with a warning). Both compute the same
+    result up to float summation order. Call it after moving the model to its device. Returns the
+    number of Linears switched.
     """
+    if kernel not in ("auto", "cpp", "torch"):
+        raise ValueError(f"kernel must be auto, cpp or torch, got {kernel!r}")
+    if kernel == "auto":
+        kernel = "cpp" if _kernel.available() else "torch"
+    elif kernel == "cpp":
+        _kernel.load()  # raises KernelBuildError with the compiler's complaint
     count = 0
     for name, site in sites_of(model).items():
         module = model.get_submodule(name)
         if isinstance(module, nn.Linear) and site.wt is None:
             site.wt = module.weight.data.t().contiguous()
             module.weight.data = site.wt.t()
+            site.kernel = kernel
             count += 1
     return count
 

@@ -1,0 +1,102 @@
+"""Activation sparsity on Gemma 3 270M: perplexity and sparsity figures for TEAL (uniform, greedy), WINA and CHESS.
+
+Calibration: 16 x 512 tokens of WikiText-2 valid (seed 0); perplexity on wiki.test.raw at seqlen 1024
+over the first 8 windows, every token sparsified (prefill ``all``); the measured common figure
+(parameter-weighted fraction of block-Linear weights skipped per token) on the first 4 of those windows.
+Results are appended to ``--json`` after every run, so an interrupted run resumes where it stopped.
+
+    python bench/activation_gemma.py                 # run what is missing, print the table
+    python bench/activation_gemma.py --no-run        # only print the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _gemma import DATA  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# (label, method, allocation, method options)
+VARIANTS = [
+    ("TEAL uniform", "teal", "uniform", {}),
+    ("TEAL greedy", "teal", "greedy", {}),
+    ("WINA top-k", "wina", "uniform", {}),
+    ("CHESS", "chess", "uniform", {}),
+]
+
+
+def key(label: str, sparsity: float) -> str:
+    return f"{label}|{sparsity:g}"
+
+
+def table(results: dict, sparsities: list[float]) -> str:
+    dense = results.get("dense")
+    lines = [
+        f"Dense: ppl {dense['ppl']:.2f}." if dense else "Dense: not measured.",
+        "",
+        "| method | target | ppl | paper's figure | measured common figure | calibration s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, *_ in VARIANTS:
+        for s in sparsities:
+            r = results.get(key(label, s))
+            if r:
+                lines.append(f"| {label} | {s:.0%} | {r['ppl']:.2f} | {r['paper_sparsity']:.1%} | {r['measured']:.1%} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sparsities", default="0.25,0.4,0.5")
+    parser.add_argument("--json", default=str(DOCS / "activation_gemma.json"))
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--greedy-step", type=float, default=0.05)
+    parser.add_argument("--greedy-samples", type=int, default=1)
+    parser.add_argument("--no-run", action="store_true")
+    args = parser.parse_args()
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    path = Path(args.json)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+
+    if not args.no_run:
+        import llmsparse
+        from llmsparse.activation import detach, measure_activation_sparsity
+
+        model, tok = llmsparse.load_model("gemma-3-270m")
+        test, valid = str(DATA / "wiki.test.raw"), str(DATA / "wiki.valid.tokens")
+
+        def save():
+            path.write_text(json.dumps(results, indent=1) + "\n")
+
+        if "dense" not in results:
+            results["dense"] = {"ppl": llmsparse.perplexity(model, tok, test, 1024, args.windows).ppl}
+            save()
+        for label, method, allocation, options in VARIANTS:
+            for s in sparsities:
+                if key(label, s) in results:
+                    continue
+                start = time.perf_counter()
+                report = llmsparse.sparsify_activations(
+                    model, tok, method, s, calib=valid, nsamples=16, seqlen=512, seed=0, allocation=allocation,
+                    method_options=options, device="cpu", greedy_step=args.greedy_step, greedy_samples=args.greedy_samples,
+                )
+                seconds = time.perf_counter() - start
+                ppl = llmsparse.perplexity(model, tok, test, 1024, args.windows).ppl
+                measured = measure_activation_sparsity(model, tok, test, 1024, 4)
+                results[key(label, s)] = {
+                    "ppl": ppl, "paper_sparsity": report.paper_sparsity, "measured": measured["overall"],
+                    "by_role": measured["by_role"], "seconds": seconds, "layers": report.layers,
+                }
+                detach(model)
+                save()
+                print(f"done {label} {s:g}: ppl {ppl:.2f}, measured {measured['overall']:.1%}, {seconds:.0f} s", flush=True)
+    print(table(results, sparsities))
+
+
+if __name__ == "__main__":
+    main()

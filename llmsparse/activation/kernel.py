@@ -1,0 +1,47 @@
+"""The CPU sparse-input GEMV behind ``enable_sparse_decode``: a small C++ extension, compiled on first use.
+
+It is built with ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ninja) into torch's
+extension cache, once per machine and torch version (about 40 s);
+``python -c "from llmsparse.activation import kernel; kernel.load()"`` builds it ahead of time. Where it cannot be built, ``enable_sparse_decode`` uses the pure-PyTorch
+path (``F.embedding_bag`` over the kept rows), which computes the same thing more slowly, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "sparse_gemv.cpp"
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ sparse decode kernel could not be compiled or loaded."""
+
+
+@lru_cache(maxsize=1)
+def load():
+    """The compiled extension module (built on the first call; cached on disk by torch)."""
+    from torch.utils import cpp_extension
+
+    flags = ["-O3", "-fopenmp"] + ([] if os.environ.get("LLMSPARSE_PORTABLE_KERNEL") else ["-march=native"])
+    try:
+        return cpp_extension.load(
+            name="llmsparse_sparse_gemv", sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
+        )
+    except (OSError, RuntimeError, ImportError, SystemExit) as err:
+        raise KernelBuildError(f"could not build the C++ sparse decode kernel ({err}); needs a C++ compiler and ninja") from err
+
+
+def available() -> bool:
+    """True when the extension is (or can be) built on this machine."""
+    try:
+        load()
+    except KernelBuildError as err:
+        log.warning("%s", err)
+        return False
+    return True
+
