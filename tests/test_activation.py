@@ -25,7 +25,7 @@ from llmsparse.activation.chess import channel_thresholds, sorted_importance
 from llmsparse.activation.io import STATE_FILE
 from llmsparse.activation.report import common_sparsity, skipped_fractions
 from llmsparse.activation.runtime import counting
-from llmsparse.activation.teal import greedy_allocation
+from llmsparse.activation.teal import greedy_allocation, replay
 from llmsparse.cli import main
 from llmsparse.formats import CheckpointError
 from llmsparse.masks import SparsityError
@@ -107,6 +107,22 @@ def test_greedy_allocation_lands_exactly_on_targets_between_steps():
         greedy_allocation(weights, 1.0, lambda s: 0.0)
 
 
+def test_replaying_a_greedy_path_equals_searching_for_the_lower_target():
+    weights = {"q": 1.0, "k": 0.25, "v": 0.25, "o": 1.0, "gate": 3.2, "up": 3.2, "down": 3.2}
+    g = torch.Generator().manual_seed(0)
+    curve = {r: float(c) for r, c in zip(weights, torch.rand(7, generator=g) + 0.2)}
+
+    def error(s):  # not separable: cross terms between roles
+        return sum(curve[r] * s[r] ** 3 for r in s) + s["q"] * s["o"] + 0.5 * s["gate"] * s["down"]
+
+    path = []
+    greedy_allocation(weights, 0.5, error, 0.05, path=path)
+    for target in (0.1, 0.25, 0.4, 0.5):
+        assert replay(path, weights, target) == pytest.approx(greedy_allocation(weights, target, error, 0.05), abs=1e-12)
+    with pytest.raises(SparsityError, match="stops at"):
+        replay(path, weights, 0.6)
+
+
 def test_common_figure_counts_weights_not_channels():
     model = tiny_model("llama")
     block = find_blocks(model)[0]
@@ -184,6 +200,28 @@ def test_greedy_allocation_reaches_the_block_target(arch, calib_ids):
         assert weighted_sparsity([block], [layer]) == pytest.approx(0.5, abs=1e-9)
         assert len(set(round(v, 6) for v in layer.values())) > 1  # not uniform
     assert report.paper_sparsity == pytest.approx(0.5, abs=1e-9)
+
+
+def test_explicit_allocation_reproduces_a_greedy_run(calib_ids):
+    model = tiny_model("llama")
+    report = sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation="greedy", greedy_step=0.2, greedy_samples=2)
+    assert len(report.greedy_paths) == 2 and all(report.greedy_paths)
+    with torch.no_grad():
+        greedy = model(calib_ids[:2]).logits
+    again = sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation=report.layers)
+    assert again.allocation == "explicit" and again.layers == report.layers
+    with torch.no_grad():
+        assert torch.equal(model(calib_ids[:2]).logits, greedy)
+    lower = [replay(path, find_blocks(model)[0].weights(), 0.3) for path in report.greedy_paths]
+    assert sparsify_activations(model, None, "teal", 0.3, calib=calib_ids, allocation=lower).paper_sparsity == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="layers"):
+        sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation=report.layers[:1])
+    with pytest.raises(ValueError, match="names act"):
+        sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation=[{"act": 0.5}] * 2)
+    with pytest.raises(SparsityError, match="layer 1"):
+        sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation=[{"q": 0.5}, {"q": 1.0}])
+    with pytest.raises(ValueError, match="per-projection"):
+        sparsify_activations(model, None, "chess", 0.5, calib=calib_ids, allocation=report.layers)
 
 
 def test_identity_at_sparsity_zero(calib_ids):

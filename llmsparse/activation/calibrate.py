@@ -9,6 +9,7 @@ output error, and the resulting sites are attached to the model at the end.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ def capture(layer: nn.Module, block: Block, hidden, call, device, need_act: bool
     return captured
 
 
-def _greedy(model, layer, block, method, prepared, hidden, call, device, target, step, samples) -> dict[str, float]:
+def _greedy(model, layer, block, method, prepared, hidden, call, device, target, step, samples, path) -> dict[str, float]:
     """TEAL's greedy search for one block: the error is the MSE of the block output against dense."""
     subset = hidden[:samples]
     dense = [engine._forward(layer, h, call, device) for h in subset]
@@ -84,19 +85,26 @@ def _greedy(model, layer, block, method, prepared, hidden, call, device, target,
         with patched(model, method.sites(block, prepared, sparsities)):
             return sum(F.mse_loss(engine._forward(layer, h, call, device), d, reduction="sum").item() for h, d in zip(subset, dense))
 
-    return greedy_allocation(weights, target, error, step)
+    return greedy_allocation(weights, target, error, step, path=path)
 
 
-def check_request(method: str, sparsity: float, allocation: str, prefill: str, method_options: dict | None = None) -> ActivationMethod:
+def check_request(method: str, sparsity: float, allocation: str | Sequence[dict], prefill: str, method_options: dict | None = None) -> ActivationMethod:
     """The configured method, after checking everything that does not need the model."""
     from . import get_activation_method
 
     if not 0.0 <= sparsity < 1.0:
         raise SparsityError(f"activation sparsity must be in [0, 1), got {sparsity}")
     act_method = get_activation_method(method, **(method_options or {}))
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if allocation not in act_method.allocations:
+    if not isinstance(allocation, str):
+        if "greedy" not in act_method.allocations:
+            raise ValueError(f"{act_method.name} supports allocation {', '.join(act_method.allocations)} only, not per-projection sparsities")
+        for i, layer in enumerate(allocation):
+            bad = {role: s for role, s in dict(layer).items() if not 0.0 <= float(s) < 1.0}
+            if bad:
+                raise SparsityError(f"allocation for layer {i}: sparsities must be in [0, 1), got {bad}")
+    elif allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)} or one dict of role sparsities per layer, got {allocation!r}")
+    elif allocation not in act_method.allocations:
         raise ValueError(f"{act_method.name} supports allocation {', '.join(act_method.allocations)} only, not {allocation!r}")
     if prefill not in PREFILL:
         raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
@@ -112,7 +120,7 @@ def sparsify_activations(
     nsamples: int = 16,
     seqlen: int = 512,
     seed: int = 0,
-    allocation: str = "uniform",
+    allocation: str | Sequence[dict[str, float]] = "uniform",
     prefill: str = "all",
     method_options: dict | None = None,
     device: str | torch.device | None = None,
@@ -125,24 +133,39 @@ def sparsify_activations(
     The model's weights are not changed: its forward zeroes activations from now on (call
     :func:`llmsparse.activation.detach` to undo). ``calib`` is a file, a Hub dataset, ``'self'``
     or an id tensor, as for pruning; 16 x 512 tokens by default. ``allocation='greedy'`` runs
-    TEAL's block-wise search on the first ``greedy_samples`` sequences with steps of ``greedy_step``.
-    Everything is checked before any calibration work.
+    TEAL's block-wise search on the first ``greedy_samples`` sequences with steps of ``greedy_step``
+    (its steps land in ``report.greedy_paths``; :func:`llmsparse.activation.teal.replay` turns them
+    into the allocation for any lower target). ``allocation`` may also be one ``{role: sparsity}``
+    dict per layer. Everything is checked before any calibration work.
     """
     start = time.perf_counter()
     act_method = check_request(method, sparsity, allocation, prefill, method_options)
     blocks = find_blocks(model)
     for block in blocks:
         act_method.check(block)
+    explicit = None if isinstance(allocation, str) else [dict(layer) for layer in allocation]
+    if explicit is not None:
+        if len(explicit) != len(blocks):
+            raise ValueError(f"allocation has {len(explicit)} layers, the model has {len(blocks)}")
+        for block, layer in zip(blocks, explicit):
+            unknown = set(layer) - set(act_method.roles(block))
+            if unknown:
+                raise ValueError(f"allocation for layer {block.index} names {', '.join(sorted(unknown))}; {act_method.name} sparsifies {', '.join(act_method.roles(block))}")
+        allocation = "explicit"
     device = resolve_device(device)
     detach(model)  # calibrate the dense model
 
     layers: list[dict[str, float]] = []
+    paths: list[list[tuple[str, float]]] = []
     sites: dict[str, Site] = {}
     calibration = None
 
     def build(block, prepared, layer, hidden, call):
         if allocation == "greedy":
-            chosen = _greedy(model, layer, block, act_method, prepared, hidden, call, device, sparsity, greedy_step, greedy_samples)
+            paths.append([])
+            chosen = _greedy(model, layer, block, act_method, prepared, hidden, call, device, sparsity, greedy_step, greedy_samples, paths[-1])
+        elif explicit is not None:
+            chosen = {role: float(explicit[block.index].get(role, 0.0)) for role in act_method.roles(block)}
         else:
             chosen = {role: sparsity for role in act_method.roles(block)}
         layers.append(chosen)
@@ -189,6 +212,7 @@ def sparsify_activations(
         layers=layers,
         paper_sparsity=act_method.paper_sparsity(blocks, layers, sparsity),
         paper_definition=act_method.paper_definition,
+        greedy_paths=paths or None,
         elapsed_s=time.perf_counter() - start,
     )
 

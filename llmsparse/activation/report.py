@@ -37,7 +37,7 @@ def common_sparsity(blocks: list[Block], per_block: list[dict[str, float]]) -> f
 class ActivationReport:
     method: str
     sparsity: float  # the requested target
-    allocation: str
+    allocation: str  # uniform, greedy, or explicit (one dict of role sparsities per layer)
     prefill: str
     options: dict[str, Any]
     calibration: dict[str, Any] | None
@@ -45,6 +45,7 @@ class ActivationReport:
     paper_sparsity: float
     paper_definition: str
     measured: dict[str, Any] | None = None  # from measure_activation_sparsity on evaluation data
+    greedy_paths: list[list[tuple[str, float]]] | None = None  # per layer: the greedy search's (role, increase) steps
     evaluation: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 

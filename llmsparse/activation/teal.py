@@ -21,12 +21,15 @@ def greedy_allocation(
     error: Callable[[dict[str, float]], float],
     step: float = 0.05,
     max_sparsity: float = 0.99,
+    path: list[tuple[str, float]] | None = None,
 ) -> dict[str, float]:
     """Per-role sparsities whose parameter-weighted mean is exactly ``target``, found greedily.
 
     Starting from all zeros, each step tries raising every role's sparsity by ``step / weight``
-    (so every candidate adds the same number of skipped parameters) and keeps the one with the
-    lowest ``error``; the last step is shortened to land on the target exactly.
+    (so every candidate skips the same number of parameters) and keeps the one with the lowest
+    ``error``; the chosen increase is shortened on the last step to land on the target exactly.
+    The choices do not depend on the target, so the steps appended to ``path`` let
+    :func:`replay` give the allocation for any lower target without new error evaluations.
     """
     if not 0.0 <= target < 1.0:
         raise SparsityError(f"activation sparsity must be in [0, 1), got {target}")
@@ -38,18 +41,36 @@ def greedy_allocation(
     while skipped < target * total - 1e-9:
         best = None
         for role, w in weights.items():
-            increase = min(step / w, max_sparsity - current[role], (target * total - skipped) / w)
+            increase = min(step / w, max_sparsity - current[role])
             if increase <= 1e-12:
                 continue
-            trial = dict(current, **{role: current[role] + increase})
-            e = error(trial)
+            e = error(dict(current, **{role: current[role] + increase}))
             if best is None or e < best[0]:
                 best = (e, role, increase)
         if best is None:
             raise SparsityError(f"no projection can be sparsified further to reach {target}")
         _, role, increase = best
+        increase = min(increase, (target * total - skipped) / weights[role])
         current[role] += increase
         skipped += weights[role] * increase
+        if path is not None:
+            path.append((role, increase))
+    return current
+
+
+def replay(path: list[tuple[str, float]], weights: dict[str, float], target: float) -> dict[str, float]:
+    """The greedy allocation for ``target`` from the steps of a search that went at least as far."""
+    total = sum(weights.values())
+    current = {role: 0.0 for role in weights}
+    skipped = 0.0
+    for role, increase in path:
+        if skipped >= target * total - 1e-9:
+            break
+        increase = min(increase, (target * total - skipped) / weights[role])
+        current[role] += increase
+        skipped += weights[role] * increase
+    if skipped < target * total - 1e-9:
+        raise SparsityError(f"the recorded search stops at {skipped / total:.4f}, below the target {target}")
     return current
 
 
