@@ -2,7 +2,7 @@
 
 Calibration: 16 x 512 tokens of WikiText-2 valid (seed 0); perplexity on wiki.test.raw at seqlen 1024
 over the first 8 windows, every token sparsified (prefill ``all``); the measured common figure
-(parameter-weighted fraction of block-Linear weights skipped per token) on the first 4 of those windows.
+(parameter-weighted fraction of block-Linear weights skipped per token) on the first 2 of those windows.
 TEAL greedy searches once, at the highest sparsity (``--greedy-step`` 0.1 on 1 sequence of 512 tokens by
 default, to keep the search to minutes on 2 CPU cores); lower targets replay its recorded steps, which
 gives exactly the allocation a search for that target would find. Results are appended to ``--json``
