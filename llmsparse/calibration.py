@@ -86,6 +86,24 @@ def calibration_ids(
     return _hub_ids(source, tokenizer, nsamples, seqlen, seed)
 
 
+def calibration_batch(
+    model, tokenizer, calib, nsamples: int, seqlen: int, seed: int, text_field: str, what: str
+) -> tuple[torch.Tensor, dict]:
+    """Checked calibration ids for ``model`` plus the record of where they came from (for reports).
+
+    ``what`` names who needs the data, for the error when ``calib`` is missing.
+    """
+    if calib is None:
+        raise CalibrationDataError(f"{what} needs calibration data: pass calib=PATH, a Hub name or 'self'")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    length = calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen
+    if limit is not None and length > limit:
+        raise CalibrationDataError(f"calibration seqlen {length} exceeds the model's {limit} positions")
+    ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
+    info = {"source": calib if isinstance(calib, str) else "tensor", "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "seed": seed}
+    return ids, info
+
+
 @torch.no_grad()
 def generate_self(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 32) -> torch.Tensor:
     """Sequences sampled from the model (from its BOS token), as data-free calibration."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import budgets, engine, masks
-from .calibration import CalibrationDataError, calibration_ids
+from .calibration import calibration_batch
 from .methods import get_method
 from .models import ModelError, find_layers, get_weight, matrix_modules, parse_dtype
 from .report import MatrixReport, PruneReport
@@ -103,20 +103,8 @@ def prune(
     ids = None
     calibration = None
     if pruner.needs_calibration or layer_budget == "owl":
-        if calib is None:
-            needs = f"method {method!r}" if pruner.needs_calibration else "the OWL layer budget"
-            raise CalibrationDataError(f"{needs} needs calibration data: pass calib=PATH, a Hub name or 'self'")
-        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-        length = calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen
-        if limit is not None and length > limit:
-            raise CalibrationDataError(f"calibration seqlen {length} exceeds the model's {limit} positions")
-        ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
-        calibration = {
-            "source": calib if isinstance(calib, str) else "tensor",
-            "nsamples": int(ids.shape[0]),
-            "seqlen": int(ids.shape[1]),
-            "seed": seed,
-        }
+        needs = f"method {method!r}" if pruner.needs_calibration else "the OWL layer budget"
+        ids, calibration = calibration_batch(model, tokenizer, calib, nsamples, seqlen, seed, text_field, needs)
     calibrated = time.perf_counter()
 
     was_training = model.training

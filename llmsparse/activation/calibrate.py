@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import engine
-from ..calibration import CalibrationDataError, calibration_ids
+from ..calibration import calibration_batch
 from ..masks import SparsityError
 from ..models import find_layers
 from ..ppl import EvaluationError, eval_text
@@ -172,15 +172,8 @@ def sparsify_activations(
         sites.update(act_method.sites(block, prepared, chosen))
 
     if act_method.needs_calibration(allocation):
-        if calib is None:
-            raise CalibrationDataError(f"{act_method.name} with {allocation} allocation needs calibration data (calib=...)")
-        ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
-        calibration = {
-            "source": calib if isinstance(calib, str) else "tensor",
-            "nsamples": int(ids.shape[0]),
-            "seqlen": int(ids.shape[1]),
-            "seed": seed,
-        }
+        what = f"{act_method.name} with {allocation} allocation"
+        ids, calibration = calibration_batch(model, tokenizer, calib, nsamples, seqlen, seed, text_field, what)
         layout = find_layers(model)
         dtype = engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
