@@ -77,14 +77,19 @@ def sorted_abs(x: torch.Tensor) -> torch.Tensor:
     return x.detach().abs().flatten().float().sort().values
 
 
+def check_sparsity(sparsity: float) -> None:
+    """Refuse an activation sparsity outside [0, 1)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsityError(f"activation sparsity must be in [0, 1), got {sparsity}")
+
+
 def quantile_threshold(sorted_values: torch.Tensor, sparsity: float) -> torch.Tensor:
     """The threshold ``t`` such that a fraction ``sparsity`` of the values is ``<= t`` (0-d float32).
 
     Exact: the k-th smallest value with ``k = round(sparsity * n)``; 0 at sparsity 0, which keeps
     every nonzero entry (dropping exact zeros changes no result).
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise SparsityError(f"activation sparsity must be in [0, 1), got {sparsity}")
+    check_sparsity(sparsity)
     k = int(round(sparsity * sorted_values.numel()))
     if k == 0:
         return torch.zeros((), dtype=torch.float32)

@@ -22,7 +22,7 @@ from ..masks import SparsityError
 from ..models import find_layers
 from ..ppl import EvaluationError, eval_text
 from ..pruning import resolve_device
-from .base import ActivationMethod, Captured
+from .base import ActivationMethod, Captured, check_sparsity
 from .report import ActivationReport, common_sparsity, skipped_fractions
 from .runtime import PREFILL, Site, attach, counting, detach, patched, settings_of, sites_of
 from .sites import Block, find_blocks
@@ -92,8 +92,7 @@ def check_request(method: str, sparsity: float, allocation: str | Sequence[dict]
     """The configured method, after checking everything that does not need the model."""
     from . import get_activation_method
 
-    if not 0.0 <= sparsity < 1.0:
-        raise SparsityError(f"activation sparsity must be in [0, 1), got {sparsity}")
+    check_sparsity(sparsity)
     act_method = get_activation_method(method, **(method_options or {}))
     if not isinstance(allocation, str):
         if "greedy" not in act_method.allocations:

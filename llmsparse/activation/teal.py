@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..masks import SparsityError
-from .base import ActivationMethod, Captured, quantile_threshold, sorted_abs
+from .base import ActivationMethod, Captured, check_sparsity, quantile_threshold, sorted_abs
 from .runtime import Site
 from .sites import Block
 
@@ -31,8 +31,7 @@ def greedy_allocation(
     The choices do not depend on the target, so the steps appended to ``path`` let
     :func:`replay` give the allocation for any lower target without new error evaluations.
     """
-    if not 0.0 <= target < 1.0:
-        raise SparsityError(f"activation sparsity must be in [0, 1), got {target}")
+    check_sparsity(target)
     if target > max_sparsity:
         raise SparsityError(f"target {target} is above the per-projection cap {max_sparsity}")
     total = sum(weights.values())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..masks import pruned_count
-from .base import ActivationMethod, Captured, quantile_threshold
+from .base import ActivationMethod, Captured, check_sparsity, quantile_threshold
 from .runtime import Site
 from .sites import Block
 
@@ -60,7 +60,7 @@ class WINA(ActivationMethod):
         for role, s in sparsities.items():
             norm = prepared["norms"][role]
             if self.config.mode == "topk":
-                quantile_threshold(norm, s)  # the same range check as threshold mode
+                check_sparsity(s)
                 out[block.names[role]] = Site(role, s, scale=norm, k=kept_per_token(norm.numel(), s))
             else:
                 out[block.names[role]] = Site(role, s, scale=norm, threshold=quantile_threshold(prepared["scores"][role], s))
