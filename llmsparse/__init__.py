@@ -22,7 +22,7 @@ from .export import OutputDirError, save_pruned
 from .masks import Pattern, SparsityError
 from .methods import METHODS, UnknownMethodError, get_method, register
 from .models import ModelError, find_layers, load_model
-from .ppl import EvaluationError, perplexity
+from .evaluation.ppl import EvaluationError, perplexity
 from .pruning import prune, select_targets
 from .recipe import RecipeError, load_recipe
 from .report import PruneReport

@@ -30,7 +30,7 @@ from .masks import resolve_target
 from .methods import METHODS, get_method
 from .methods.sparsegpt import HessianError
 from .models import load_model
-from .ppl import perplexity
+from .evaluation.ppl import perplexity
 from .pruning import prune, resolve_device
 from .recipe import RECIPE_KEYS, load_recipe
 

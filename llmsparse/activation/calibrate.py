@@ -20,7 +20,7 @@ from .. import engine
 from ..calibration import calibration_batch
 from ..masks import SparsityError
 from ..models import find_layers
-from ..ppl import EvaluationError, eval_text
+from ..evaluation.ppl import EvaluationError, eval_text
 from ..pruning import resolve_device
 from .base import ActivationMethod, Captured, check_sparsity
 from .report import ActivationReport, common_sparsity, skipped_fractions

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .calibration import read_text
+from ..calibration import read_text
 
 
 class EvaluationError(ValueError):
