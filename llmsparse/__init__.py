@@ -11,6 +11,9 @@ Notebook use::
 
     act = llmsparse.sparsify_activations(model, tok, method="teal", sparsity=0.5, calib="wiki.valid.tokens")
     llmsparse.enable_sparse_decode(model)  # batch-1 CPU decoding reads only the kept weight rows
+
+    llmsparse.build_local_tasks("wiki.test.raw", "wt2", "eval/local")  # offline lm-eval tasks
+    print(llmsparse.evaluate(model, tok, ["wt2_cloze"], include_path="eval/local", limit=200).table())
 """
 
 __version__ = "0.1.0"
@@ -22,7 +25,10 @@ from .export import OutputDirError, save_pruned
 from .masks import Pattern, SparsityError
 from .methods import METHODS, UnknownMethodError, get_method, register
 from .models import ModelError, find_layers, load_model
+from .evaluation import TaskResults, UnknownTaskError, build_local_tasks, evaluate
+from .evaluation.compare import Comparison, EvalSettings, compare
 from .evaluation.ppl import EvaluationError, perplexity
+from .evaluation.sweep import SweepSpec, sweep
 from .pruning import prune, select_targets
 from .recipe import RecipeError, load_recipe
 from .report import PruneReport
@@ -31,6 +37,8 @@ __all__ = [
     "METHODS",
     "ActivationReport",
     "CalibrationDataError",
+    "Comparison",
+    "EvalSettings",
     "EvaluationError",
     "ModelError",
     "OutputDirError",
@@ -38,10 +46,16 @@ __all__ = [
     "PruneReport",
     "RecipeError",
     "SparsityError",
+    "SweepSpec",
+    "TaskResults",
     "UnknownMethodError",
+    "UnknownTaskError",
     "activation",
+    "build_local_tasks",
     "calibration_ids",
+    "compare",
     "enable_sparse_decode",
+    "evaluate",
     "find_layers",
     "get_method",
     "load_model",
@@ -53,4 +67,5 @@ __all__ = [
     "save_pruned",
     "select_targets",
     "sparsify_activations",
+    "sweep",
 ]

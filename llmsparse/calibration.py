@@ -23,6 +23,14 @@ class CalibrationDataError(ValueError):
     """Calibration data is missing, unreadable or too short."""
 
 
+def check_calib(calib, what: str) -> None:
+    """Fail fast (before a slow model load) when ``what`` needs calibration data that is missing."""
+    if calib is None:
+        raise CalibrationDataError(f"{what} needs --calib (calib= in Python): a file, {', '.join(HUB_DATASETS)}, or '{SELF}'")
+    if isinstance(calib, (str, Path)) and str(calib) not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
+        raise CalibrationDataError(f"calibration file {str(calib)!r} does not exist")
+
+
 def read_text(path: str | Path, text_field: str = "text") -> str:
     """The text of a local file; documents of ``.jsonl`` / ``.parquet`` files are joined with blank lines."""
     path = Path(path)

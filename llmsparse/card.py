@@ -13,6 +13,8 @@ from .report import PruneReport
 # Hub ids of the aliases load_model() knows, for the card's base_model field.
 HUB_IDS = {GEMMA_270M: "google/gemma-3-270m"}
 KNOWN_LICENSES = {"google/gemma-3-270m": "gemma"}
+# The comparison table sits between these markers, so re-running a comparison replaces it.
+COMPARISON_START, COMPARISON_END = "<!-- llmsparse:comparison -->", "<!-- /llmsparse:comparison -->"
 
 
 def hub_id(base_model: str | None) -> str | None:
@@ -80,8 +82,32 @@ def _activation_section(act) -> list[str]:
     return lines + _evaluation_table(act.evaluation)
 
 
-def model_card(report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None) -> str:
-    """The README.md of a saved model; ``activation`` is an :class:`~llmsparse.activation.ActivationReport`."""
+def comparison_section(table: str) -> str:
+    """The card section holding a dense-vs-sparse table (:meth:`llmsparse.evaluation.Comparison.markdown`)."""
+    return f"{COMPARISON_START}\n## Dense vs sparse\n\n{table.rstrip()}\n{COMPARISON_END}\n"
+
+
+def update_card(directory: str | Path, table: str) -> Path:
+    """Put ``table`` into the model card of a saved model, replacing an earlier comparison."""
+    path = Path(directory) / "README.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no model card (README.md) to update")
+    text = path.read_text(encoding="utf-8")
+    section = comparison_section(table)
+    if COMPARISON_START in text and COMPARISON_END in text:
+        head, rest = text.split(COMPARISON_START, 1)
+        text = head + section + rest.split(COMPARISON_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def model_card(
+    report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None, comparison: str | None = None
+) -> str:
+    """The README.md of a saved model; ``activation`` is an :class:`~llmsparse.activation.ActivationReport`,
+    ``comparison`` a dense-vs-sparse Markdown table."""
     front: dict[str, Any] = {}
     base = hub_id(base_model)
     if base:
@@ -136,6 +162,8 @@ def model_card(report: PruneReport | None, recipe: dict | None, base_model: str 
         lines.append("")
     if activation is not None:
         lines += _activation_section(activation)
+    if comparison:
+        lines.append(comparison_section(comparison))
     if recipe:
         from .recipe import dump_recipe
 

@@ -1,10 +1,12 @@
-"""Command line: ``llmsparse prune|sparsify|generate|eval|push|methods`` (thin over the Python API)."""
+"""Command line: ``llmsparse prune|sparsify|generate|eval|compare|sweep|push|methods`` (thin over the Python API)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,16 +23,20 @@ from .activation import (
 )
 from .activation.decode import timed_generate
 from .budgets import BUDGETS, OWLConfig
-from .calibration import HUB_DATASETS, SELF, CalibrationDataError
+from .calibration import HUB_DATASETS, SELF, check_calib
 from .engine import CalibrationError
-from .export import check_output_dir, save_pruned
+from .export import METADATA_FILE, check_output_dir, save_pruned
 from .formats import CheckpointError, parse_format
 from .hub import push
 from .masks import resolve_target
 from .methods import METHODS, get_method
 from .methods.sparsegpt import HessianError
-from .models import load_model
+from .models import check_source, load_model
+from .card import update_card
+from .evaluation.compare import EvalSettings, compare, evaluate_model
+from .evaluation.harness import check_tasks, task_manager
 from .evaluation.ppl import perplexity
+from .evaluation.sweep import SweepSpec, markdown, sweep
 from .pruning import prune, resolve_device
 from .recipe import RECIPE_KEYS, load_recipe
 
@@ -71,6 +77,39 @@ def _common_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="compute device, e.g. cpu or cuda (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub to run (off by default)")
+
+
+def _eval_flags(p: argparse.ArgumentParser, ppl_aliases: bool = False) -> None:
+    """Flags of what to evaluate, shared by eval, compare and sweep (an EvalSettings each)."""
+    g = p.add_argument_group("evaluation (perplexity and/or lm-eval tasks)")
+    g.add_argument("--ppl", metavar="TEXT", help="perplexity on a text file (non-empty lines are documents) or 'wikitext2'")
+    seqlen = ["--ppl-seqlen", "--seqlen"] if ppl_aliases else ["--ppl-seqlen"]
+    windows = ["--ppl-windows", "--windows"] if ppl_aliases else ["--ppl-windows"]
+    g.add_argument(*seqlen, dest="ppl_seqlen", type=int, default=1024, help="perplexity window length (default 1024)")
+    g.add_argument(*windows, dest="ppl_windows", type=int, help="perplexity windows from the start (default: all)")
+    g.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy or local ones (see --include-path)")
+    g.add_argument("--include-path", action="append", default=[], metavar="DIR", help="directory of extra task YAMLs (repeatable), e.g. from eval/build_tasks.py")
+    g.add_argument("--limit", type=_limit, help="documents per task (an integer, or a fraction below 1)")
+    g.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
+    g.add_argument("--batch-size", default=1, help="lm-eval batch size, or 'auto' (default 1)")
+    g.add_argument("--max-length", type=int, help="lm-eval context window in tokens (default: lm-eval's choice from the model config)")
+
+
+def _limit(value: str) -> int | float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"--limit must be positive, not {value}")
+    return number if number < 1 else int(number)
+
+
+def _eval_settings(args: argparse.Namespace) -> EvalSettings:
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    settings = EvalSettings(
+        tasks, args.limit, args.num_fewshot, batch, list(args.include_path), args.max_length, args.ppl, args.ppl_seqlen, args.ppl_windows
+    )
+    settings.check()
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,11 +170,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-windows", type=int, help="perplexity windows to use (default: all)")
     _method_option_flags(p)
 
-    e = sub.add_parser("eval", help="perplexity of a model", description="Perplexity with the WikiText-2 protocol of the pruning papers.")
+    e = sub.add_parser(
+        "eval",
+        help="perplexity and lm-eval tasks of a model (optionally against a baseline)",
+        description="Evaluate a model as llmsparse runs it (pruned weights, activation sparsity): perplexity with the papers' protocol and/or lm-eval tasks.",
+    )
     _common_model_flags(e)
-    e.add_argument("--ppl", required=True, metavar="TEXT", help="text file (non-empty lines are documents) or 'wikitext2'")
-    e.add_argument("--seqlen", type=int, default=1024, help="window length (default 1024)")
-    e.add_argument("--windows", type=int, help="number of windows from the start (default: all)")
+    _eval_flags(e, ppl_aliases=True)
+    e.add_argument("--compare", metavar="BASE", help="also evaluate BASE (e.g. the dense model) and print one table with relative recovery")
+    e.add_argument("--output", help="directory for the results (evaluation.json, or comparison.json/.md with --compare)")
+
+    c = sub.add_parser(
+        "compare",
+        help="dense vs sparse: several models on the same tasks, one table",
+        description="Evaluate several models on the same tasks and perplexity; the first is the baseline. Saves comparison.json and comparison.md.",
+    )
+    c.add_argument("models", nargs="+", metavar="MODEL", help="baseline first, then the models to compare with it")
+    c.add_argument("--labels", help="comma-separated row labels, one per model (default: the paths)")
+    c.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weight dtype to load")
+    c.add_argument("--device", default=None, help="compute device (default: cuda if available)")
+    c.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub to run (off by default)")
+    _eval_flags(c)
+    c.add_argument("--output", help="directory for comparison.json and comparison.md")
+    c.add_argument("--update-card", action="store_true", help="put the table into the model card (README.md) of every compared llmsparse directory")
+
+    w = sub.add_parser(
+        "sweep",
+        help="prune at several sparsities with several methods, evaluate and plot",
+        description="Prune MODEL with each method at each sparsity, evaluate every point, and write sweep.json, sweep.md and sweep.png. Re-running resumes.",
+    )
+    _common_model_flags(w)
+    w.add_argument("--methods", default="wanda", help="comma-separated pruning methods (default wanda)")
+    w.add_argument("--sparsities", default="", help="comma-separated unstructured sparsities, e.g. 0.3,0.5,0.6,0.7")
+    w.add_argument("--pattern", help="also prune each method with this N:M pattern, e.g. 2:4")
+    w.add_argument("--calib", help="calibration data (a file, a Hub dataset or 'self')")
+    w.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files")
+    w.add_argument("--nsamples", type=int, default=PRUNE_DEFAULTS["nsamples"], help="calibration sequences (default 128)")
+    w.add_argument("--seqlen", type=int, default=PRUNE_DEFAULTS["seqlen"], help="tokens per calibration sequence (default 2048)")
+    w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
+    w.add_argument("--layer-budget", choices=BUDGETS, default="uniform", help="uniform (default) or owl")
+    _eval_flags(w)
+    w.add_argument("--output", required=True, help="sweep directory (sweep.json, sweep.md, sweep.png); re-run to resume")
 
     h = sub.add_parser(
         "push",
@@ -225,22 +300,14 @@ def _prune_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def _check_calib(calib: str | None, needed: bool, what: str) -> None:
-    if not needed:
-        return
-    if calib is None:
-        raise CalibrationDataError(f"{what} needs --calib (a file, {', '.join(HUB_DATASETS)}, or '{SELF}')")
-    if calib not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
-        raise CalibrationDataError(f"calibration file {calib!r} does not exist")
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _prune_settings(args)
     # Check everything that can be checked before the (slow) model load.
     method = get_method(settings["method"], **settings["method_options"])
     _, pattern = resolve_target(settings.get("sparsity"), settings.get("pattern"))
     calib = settings.get("calib")
-    _check_calib(calib, method.needs_calibration, f"method {method.name!r}")
+    if method.needs_calibration:
+        check_calib(calib, f"method {method.name!r}")
     _, stored_pattern = parse_format(args.format)
     if stored_pattern is not None and stored_pattern != pattern:
         raise CheckpointError(
@@ -285,7 +352,8 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         raise ValueError(f"--wina-mode is an option of wina, not of {args.method}")
     # Check everything that can be checked before the (slow) model load.
     method = check_request(args.method, args.sparsity, args.allocation, args.sparsify_prefill, options)
-    _check_calib(args.calib, method.needs_calibration(args.allocation), f"{args.method} with {args.allocation} allocation")
+    if method.needs_calibration(args.allocation):
+        check_calib(args.calib, f"{args.method} with {args.allocation} allocation")
     if args.push_to_hub and not args.output:
         raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
     if args.output:
@@ -350,14 +418,58 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    settings = _eval_settings(args)
+    if args.compare:
+        return _run_compare([args.compare, args.model], ["base", "model"], settings, args)
+    check_source(args.model)
+    if settings.tasks:
+        check_tasks(settings.tasks, task_manager(settings.include_path or None))
     model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
     model.to(resolve_device(args.device))
-    print(perplexity(model, tokenizer, args.ppl, args.seqlen, args.windows))
-    if settings_of(model) is not None:
-        m = measure_activation_sparsity(model, tokenizer, args.ppl, args.seqlen, min(args.windows or 4, 4))
+    row = evaluate_model(model, tokenizer, args.model, settings)
+    if row.ppl:
+        print(row.ppl)
+    if row.tasks:
+        print(row.tasks.table())
+    if settings_of(model) is not None and settings.ppl:
+        m = measure_activation_sparsity(model, tokenizer, settings.ppl, settings.ppl_seqlen, min(settings.ppl_windows or 4, 4))
         print(
             f"activation sparsity ({settings_of(model)['method']}): {m['overall']:.2%} of block weights skipped per token ({m['tokens']} tokens)"
         )
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        (Path(args.output) / "evaluation.json").write_text(json.dumps(row.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _run_compare(models: list[str], labels: list[str], settings: EvalSettings, args: argparse.Namespace) -> int:
+    result = compare(models, settings, labels, args.dtype, args.device, args.trust_remote_code)
+    print(result.markdown())
+    if args.output:
+        for path in result.save(args.output):
+            print(f"wrote {path}")
+    if getattr(args, "update_card", False):
+        for source in models:
+            if (Path(source) / METADATA_FILE).is_file():
+                print(f"updated {update_card(source, result.markdown())}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    return _run_compare(args.models, labels, _eval_settings(args), args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = SweepSpec(
+        args.model, args.calib, args.nsamples, args.seqlen, args.seed, args.calib_field, args.layer_budget, dtype=args.dtype, evaluation=_eval_settings(args)
+    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]
+    command = "llmsparse " + shlex.join(args.argv)
+    run = sweep(spec, methods, sparsities, args.output, args.pattern, args.device, command)
+    print(markdown(run))
+    print(f"wrote {Path(args.output) / 'sweep.json'}, sweep.md, sweep.png")
     return 0
 
 
@@ -373,7 +485,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {
@@ -381,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             "sparsify": cmd_sparsify,
             "generate": cmd_generate,
             "eval": cmd_eval,
+            "compare": cmd_compare,
+            "sweep": cmd_sweep,
             "push": cmd_push,
             "methods": cmd_methods,
         }[args.command](args)

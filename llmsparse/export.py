@@ -81,13 +81,15 @@ def save_pruned(
     format: str = "dense",
     overwrite: bool = False,
     activation=None,
+    comparison=None,
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
     ``format`` is ``dense``, ``bitmask`` or an N:M pattern such as ``2:4``; with a compact format the
     byte counts of the pruned matrices before and after land in ``report.storage``. Activation
     sparsity attached to ``model`` is saved with it (``activation_sparsity.safetensors``); pass its
-    :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``.
+    :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``,
+    and a :class:`~llmsparse.evaluation.Comparison` as ``comparison`` for the card's dense-vs-sparse table.
     """
     name, pattern = formats.parse_format(format)
     targets = compressible_weights(model, report, structured=pattern is not None) if name != "dense" else []
@@ -115,7 +117,10 @@ def save_pruned(
             metadata["activation"] = activation.to_dict()
             activation.save_json(tmp / ACTIVATION_REPORT_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation), encoding="utf-8")
+        if comparison is not None:
+            comparison.save(tmp)
+        table = comparison.markdown() if comparison is not None else None
+        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation, table), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -49,6 +49,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def check_source(source: str) -> None:
+    """Raise :class:`ModelError` for a local-looking model path that does not exist (before any slow work)."""
+    if source in (GEMMA_270M,) or Path(source).exists():
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".gguf"):
+        raise ModelError(f"model path {source!r} does not exist")
+
+
 def load_model(
     path_or_id: str | os.PathLike,
     dtype: str | torch.dtype | None = "auto",
@@ -68,8 +76,8 @@ def load_model(
         source = _bundled_gemma_gguf()
     if source.endswith(".gguf"):
         source = str(_gguf_to_safetensors(Path(source)))
-    elif not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ModelError(f"model path {source!r} does not exist")
+    else:
+        check_source(source)
     local = Path(source).is_dir()
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)

@@ -1,0 +1,187 @@
+"""Dense vs sparse, side by side: the same tasks and perplexity for several models, one table.
+
+The first model is the baseline. For every other model each metric gets a relative recovery:
+``100 * sparse / base`` where higher is better (accuracy) and ``100 * base / sparse`` where lower
+is better (perplexity), so 100% means nothing was lost either way. Saved as ``comparison.json``
+and ``comparison.md``; :func:`llmsparse.card.update_card` puts the table into a model card.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .harness import TaskResults, evaluate
+from .ppl import PerplexityResult, perplexity
+
+JSON_FILE = "comparison.json"
+MARKDOWN_FILE = "comparison.md"
+
+
+@dataclass
+class EvalSettings:
+    """What every compared model is evaluated on (one object, so all rows share it)."""
+
+    tasks: list[str] = field(default_factory=list)
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    batch_size: int | str = 1
+    include_path: list[str] = field(default_factory=list)
+    max_length: int | None = None
+    ppl: str | None = None  # text file or 'wikitext2' for llmsparse's perplexity protocol
+    ppl_seqlen: int = 1024
+    ppl_windows: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.tasks and not self.ppl:
+            raise ValueError("nothing to evaluate: give tasks, a perplexity text, or both")
+
+
+@dataclass
+class ModelEval:
+    """One model's results: lm-eval metrics, perplexity, and the measured weight sparsity."""
+
+    label: str
+    tasks: TaskResults | None = None
+    ppl: PerplexityResult | None = None
+    weight_sparsity: float | None = None  # exact zeros over the decoder matrices
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "tasks": self.tasks.to_dict() if self.tasks else None,
+            "ppl": asdict(self.ppl) if self.ppl else None,
+            "weight_sparsity": self.weight_sparsity,
+        }
+
+    def values(self) -> dict[tuple[str, str], tuple[float, bool]]:
+        """``(task, metric) -> (value, higher_is_better)``, perplexity included as ``("ppl", source)``."""
+        out = {}
+        if self.tasks:
+            for task, metrics in self.tasks.metrics.items():
+                for metric, value in metrics.items():
+                    out[(task, metric)] = (value, self.tasks.higher_is_better.get(task, {}).get(metric, True))
+        if self.ppl:
+            out[(f"ppl ({Path(self.ppl.source).name}, {self.ppl.seqlen}x{self.ppl.windows})", "perplexity")] = (self.ppl.ppl, False)
+        return out
+
+
+def recovery(base: float, value: float, higher_is_better: bool) -> float | None:
+    """Relative recovery in percent (100 = as good as the baseline); None when undefined."""
+    if higher_is_better:
+        return 100.0 * value / base if base else None
+    return 100.0 * base / value if value else None
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros over the decoder blocks' matrices (what pruning changes)."""
+    from ..pruning import select_targets
+    from ..models import get_weight
+
+    zeros = total = 0
+    for matrices in select_targets(model).values():
+        for module in matrices.values():
+            w = get_weight(module)
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / total
+
+
+def evaluate_model(model: nn.Module, tokenizer, label: str, settings: EvalSettings) -> ModelEval:
+    """Everything ``settings`` asks for, on ``model`` as it is in memory."""
+    settings.check()
+    row = ModelEval(label, weight_sparsity=weight_sparsity(model))
+    if settings.ppl:
+        row.ppl = perplexity(model, tokenizer, settings.ppl, settings.ppl_seqlen, settings.ppl_windows)
+    if settings.tasks:
+        row.tasks = evaluate(
+            model,
+            tokenizer,
+            settings.tasks,
+            settings.limit,
+            settings.num_fewshot,
+            settings.batch_size,
+            settings.include_path or None,
+            settings.max_length,
+            seed=settings.seed,
+        )
+    return row
+
+
+@dataclass
+class Comparison:
+    """Rows of :class:`ModelEval`, the first being the baseline."""
+
+    rows: list[ModelEval]
+    settings: EvalSettings
+
+    def markdown(self) -> str:
+        base, others = self.rows[0], self.rows[1:]
+        head = ["task", "metric", base.label] + [c for r in others for c in (r.label, "recovery")]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if any(r.weight_sparsity is not None for r in self.rows):
+            cells = ["weights", "sparsity"] + [f"{base.weight_sparsity:.2%}"] + [c for r in others for c in (f"{r.weight_sparsity:.2%}", "")]
+            lines.append("| " + " | ".join(cells) + " |")
+        base_values = base.values()
+        for (task, metric), (value, hib) in base_values.items():
+            cells = [task, f"{metric} {'↑' if hib else '↓'}", f"{value:.4g}"]
+            for r in others:
+                other = r.values().get((task, metric))
+                if other is None:
+                    cells += ["-", "-"]
+                    continue
+                rec = recovery(value, other[0], hib)
+                cells += [f"{other[0]:.4g}", f"{rec:.1f}%" if rec is not None else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        s = self.settings
+        notes = [f"limit {s.limit}" if s.limit else "all documents", f"{s.num_fewshot or 0}-shot"]
+        if s.max_length:
+            notes.append(f"max length {s.max_length}")
+        return "\n".join(lines) + f"\n\nlm-eval settings: {', '.join(notes)}; recovery = sparse/base (↑) or base/sparse (↓).\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": asdict(self.settings), "rows": [r.to_dict() for r in self.rows], "markdown": self.markdown()}
+
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (directory / MARKDOWN_FILE).write_text(self.markdown(), encoding="utf-8")
+        return directory / JSON_FILE, directory / MARKDOWN_FILE
+
+
+def compare(
+    models: list[str], settings: EvalSettings, labels: list[str] | None = None, dtype: str = "auto", device=None, trust_remote_code: bool = False
+) -> Comparison:
+    """Load each model in turn (the first is the baseline), evaluate it with ``settings``, and return the table.
+
+    Every path is checked before the first (slow) load, so a typo fails at once.
+    """
+    from ..models import check_source, load_model
+    from ..pruning import resolve_device
+    from .harness import check_tasks, task_manager
+
+    settings.check()
+    if len(models) < 2:
+        raise ValueError("compare needs a baseline and at least one other model")
+    labels = labels or models
+    if len(labels) != len(models):
+        raise ValueError(f"{len(labels)} labels for {len(models)} models")
+    for source in models:
+        check_source(source)
+    if settings.tasks:
+        check_tasks(settings.tasks, task_manager(settings.include_path or None))
+    rows = []
+    for source, label in zip(models, labels):
+        model, tokenizer = load_model(source, dtype, trust_remote_code)
+        model.to(resolve_device(device))
+        rows.append(evaluate_model(model, tokenizer, label, settings))
+        del model
+        gc.collect()
+    return Comparison(rows, settings)
