@@ -423,7 +423,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _run_compare([args.compare, args.model], ["base", "model"], settings, args)
     check_source(args.model)
     if settings.tasks:
-        check_tasks(settings.tasks, task_manager(settings.include_path or None))
+        check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     model, tokenizer = load_model(args.model, args.dtype, args.trust_remote_code)
     model.to(resolve_device(args.device))
     row = evaluate_model(model, tokenizer, args.model, settings)

@@ -176,7 +176,7 @@ def compare(
     for source in models:
         check_source(source)
     if settings.tasks:
-        check_tasks(settings.tasks, task_manager(settings.include_path or None))
+        check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     rows = []
     for source, label in zip(models, labels):
         model, tokenizer = load_model(source, dtype, trust_remote_code)

@@ -11,6 +11,7 @@ pruning papers report, next to lm-eval's word and byte perplexities.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +54,27 @@ class TaskResults:
         }
 
 
-def task_manager(include_path: str | Path | list | None = None):
-    """lm-eval's TaskManager with llmsparse's include paths (which must exist)."""
-    from lm_eval.tasks import TaskManager
+def task_manager(include_path: str | Path | list | None = None, tasks: list[str] | None = None):
+    """lm-eval's TaskManager with these include paths (which must exist).
 
+    Indexing lm-eval's own few thousand task YAMLs takes seconds, so when every name in ``tasks``
+    is found in the include paths alone, only those are indexed. Managers are cached per paths.
+    """
     paths = [] if include_path is None else [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
     for p in paths:
         if not Path(p).is_dir():
             raise UnknownTaskError(f"task include path {str(p)!r} is not a directory")
-    return TaskManager(include_path=[str(p) for p in paths] or None)
+    key = tuple(str(Path(p).resolve()) for p in paths)
+    if key and tasks and set(tasks) <= set(_manager(key, False).all_tasks):
+        return _manager(key, False)
+    return _manager(key, True)
+
+
+@functools.lru_cache(maxsize=8)
+def _manager(paths: tuple[str, ...], defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None, include_defaults=defaults)
 
 
 def check_tasks(tasks: list[str], manager) -> None:
@@ -112,7 +125,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, names)
     check_tasks(names, manager)
     if device is not None:
         model.to(device)

@@ -195,7 +195,7 @@ def sweep(
         check_calib(spec.calib, "the sweep's calibrated methods")
     check_source(spec.model)
     if spec.evaluation.tasks:
-        check_tasks(spec.evaluation.tasks, task_manager(spec.evaluation.include_path or None))
+        check_tasks(spec.evaluation.tasks, task_manager(spec.evaluation.include_path or None, spec.evaluation.tasks))
     directory = Path(output)
     run = open_run(directory, spec)
     directory.mkdir(parents=True, exist_ok=True)
