@@ -4,7 +4,7 @@ Everything lands in one output directory: ``sweep.json`` (settings and every fin
 rewritten after each), ``sweep.md`` (the table and the command that made it) and ``sweep.png``
 (one panel per metric, value against sparsity, a line per method, the dense model as a line).
 Re-running the same command skips finished points; adding methods or sparsities extends the
-run. A directory holding a run with other settings (model, calibration, evaluation) is refused.
+run (each distinct command is recorded). A directory holding a run with other settings (model, calibration, evaluation) is refused.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def open_run(directory: Path, spec: SweepSpec) -> dict:
         return run
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SweepDirError(f"{directory} exists and is not a sweep directory (no {JSON_FILE}); use another --output")
-    return {"spec": json.loads(json.dumps(spec.to_dict())), "dense": None, "points": {}, "command": None}
+    return {"spec": json.loads(json.dumps(spec.to_dict())), "dense": None, "points": {}, "commands": []}
 
 
 def _save(directory: Path, run: dict) -> None:
@@ -128,8 +128,8 @@ def markdown(run: dict) -> str:
             cells.append(f"{values[n][0]:.4g}" + (f" ({rec:.0f}%)" if rec is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\nIn brackets: recovery against dense (sparse/dense where higher is better, dense/sparse where lower is).\n"
-    if run.get("command"):
-        text += f"\nCommand: `{run['command']}`\n"
+    if run["commands"]:
+        text += "\nCommands (in order; re-running them resumes):\n\n" + "".join(f"    {c}\n" for c in run["commands"])
     return text
 
 
@@ -199,7 +199,8 @@ def sweep(
     directory = Path(output)
     run = open_run(directory, spec)
     directory.mkdir(parents=True, exist_ok=True)
-    run["command"] = command or run.get("command")
+    if command and command not in run["commands"]:
+        run["commands"].append(command)
     todo = [p for p in todo if point_key(*p) not in run["points"]]
 
     if run["dense"] is None or todo:
