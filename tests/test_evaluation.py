@@ -126,6 +126,20 @@ def test_cloze_metrics_match_brute_force(tasks_dir, tokenizer):
     assert r.metrics["wt_cloze"]["acc"] == pytest.approx(greedy_hits / len(examples))
 
 
+def test_activation_sparsity_is_evaluated_as_it_runs(tasks_dir, tokenizer, calib_ids):
+    """lm-eval sees the in-memory model with its TEAL hooks: the score changes, and detaching restores it."""
+    from llmsparse.activation import detach
+
+    model = tiny_model("gemma3")
+    dense = evaluate(model, tokenizer, ["wt_ppl"], include_path=tasks_dir, max_length=1024).metrics["wt_ppl"]["token_perplexity"]
+    llmsparse.sparsify_activations(model, None, "teal", 0.7, calib=calib_ids)
+    sparse = evaluate(model, tokenizer, ["wt_ppl"], include_path=tasks_dir, max_length=1024).metrics["wt_ppl"]["token_perplexity"]
+    detach(model)
+    again = evaluate(model, tokenizer, ["wt_ppl"], include_path=tasks_dir, max_length=1024).metrics["wt_ppl"]["token_perplexity"]
+    assert sparse != pytest.approx(dense, rel=1e-3)
+    assert again == pytest.approx(dense, rel=1e-6)
+
+
 def test_unknown_tasks_and_include_paths_are_refused(tokenizer, tmp_path, tasks_dir):
     model = tiny_model("llama")
     with pytest.raises(UnknownTaskError, match="wt_cloze_mc"):
