@@ -134,7 +134,7 @@ def markdown(run: dict) -> str:
 
 
 def plot(run: dict, path: Path) -> None:
-    """One panel per metric: value vs sparsity, a line per method (N:M points as separate markers)."""
+    """One panel per metric: value vs sparsity, a line per method from the dense value at 0 (N:M points as stars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,6 +151,8 @@ def plot(run: dict, path: Path) -> None:
         for m in methods:
             mine = [p for p in run["points"].values() if p["method"] == m and name in _metrics(p["eval"])]
             line = sorted((p["sparsity"], _metrics(p["eval"])[name][0]) for p in mine if p["pattern"] == "unstructured")
+            if line and name in dense:
+                line.insert(0, (0.0, dense[name][0]))  # every method starts from the dense model
             if line:
                 ax.plot(*zip(*line), "-o", color=colors[m], label=m)
             for p in mine:
