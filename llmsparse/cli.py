@@ -420,7 +420,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     settings = _eval_settings(args)
     if args.compare:
-        return _run_compare([args.compare, args.model], ["base", "model"], settings, args)
+        return _run_compare([args.compare, args.model], None, settings, args)
     check_source(args.model)
     if settings.tasks:
         check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))

@@ -193,8 +193,9 @@ def sweep(
 
     spec.evaluation.check()
     todo = points(methods, sparsities, pattern)
-    if any(get_method(m).needs_calibration for m in methods) or spec.layer_budget == "owl":
-        check_calib(spec.calib, "the sweep's calibrated methods")
+    calibrated = [m for m in methods if get_method(m).needs_calibration]
+    if calibrated or spec.layer_budget == "owl":
+        check_calib(spec.calib, f"method {calibrated[0]!r}" if calibrated else "the OWL layer budget")
     check_source(spec.model)
     if spec.evaluation.tasks:
         check_tasks(spec.evaluation.tasks, task_manager(spec.evaluation.include_path or None, spec.evaluation.tasks))
