@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _gemma import DATA  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# (label, method, allocation, method options)
+# (label, method, allocation, method options, greedy error)
 VARIANTS = [
-    ("TEAL uniform", "teal", "uniform", {}),
-    ("TEAL greedy", "teal", "greedy", {}),
-    ("WINA top-k", "wina", "uniform", {}),
-    ("CHESS", "chess", "uniform", {}),
+    ("TEAL uniform", "teal", "uniform", {}, None),
+    ("TEAL greedy", "teal", "greedy", {}, "relative"),
+    ("TEAL greedy on MSE", "teal", "greedy", {}, "mse"),
+    ("WINA top-k", "wina", "uniform", {}, None),
+    ("CHESS", "chess", "uniform", {}, None),
 ]
 
 
@@ -81,7 +82,7 @@ def main() -> None:
             results["dense"] = {"ppl": llmsparse.perplexity(model, tok, test, 1024, args.windows).ppl}
             save()
         weights = find_blocks(model)[0].weights()
-        for label, method, allocation, options in VARIANTS:
+        for label, method, allocation, options, greedy_error in VARIANTS:
             # the greedy search runs at the highest target first; lower ones replay its steps
             for s in sorted(sparsities, reverse=allocation == "greedy"):
                 if key(label, s) in results:
@@ -95,6 +96,7 @@ def main() -> None:
                 report = llmsparse.sparsify_activations(
                     model, tok, method, s, calib=valid, nsamples=16, seqlen=512, seed=0, allocation=allocation_s,
                     method_options=options, device="cpu", greedy_step=args.greedy_step, greedy_samples=args.greedy_samples,
+                    greedy_error=greedy_error or "relative",
                 )
                 seconds = time.perf_counter() - start
                 ppl = llmsparse.perplexity(model, tok, test, 1024, args.windows).ppl

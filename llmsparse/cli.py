@@ -22,6 +22,7 @@ from .activation import (
     sparsify_activations,
 )
 from .activation.decode import timed_generate
+from .activation.teal import GREEDY_ERRORS
 from .budgets import BUDGETS, OWLConfig
 from .calibration import HUB_DATASETS, SELF, check_calib
 from .engine import CalibrationError
@@ -246,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--greedy-step", type=float, default=0.05, help="greedy: sparsity step of a q-sized projection (default 0.05)")
     a.add_argument("--greedy-samples", type=int, default=4, help="greedy: calibration sequences used to measure block error (default 4)")
     a.add_argument(
+        "--greedy-error",
+        default="relative",
+        choices=GREEDY_ERRORS,
+        help="greedy: block-output error to minimise, each token's relative to its norm (default) or plain squared",
+    )
+    a.add_argument(
         "--sparsify-prefill",
         default="all",
         choices=PREFILL,
@@ -351,7 +358,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.wina_mode and args.method != "wina":
         raise ValueError(f"--wina-mode is an option of wina, not of {args.method}")
     # Check everything that can be checked before the (slow) model load.
-    method = check_request(args.method, args.sparsity, args.allocation, args.sparsify_prefill, options)
+    method = check_request(args.method, args.sparsity, args.allocation, args.sparsify_prefill, options, args.greedy_error)
     if method.needs_calibration(args.allocation):
         check_calib(args.calib, f"{args.method} with {args.allocation} allocation")
     if args.push_to_hub and not args.output:
@@ -380,6 +387,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         args.calib_field,
         args.greedy_step,
         args.greedy_samples,
+        args.greedy_error,
     )
     if args.eval_ppl:
         sparse = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)

@@ -25,7 +25,7 @@ from llmsparse.activation.chess import channel_thresholds, sorted_importance
 from llmsparse.activation.io import STATE_FILE
 from llmsparse.activation.report import common_sparsity, skipped_fractions
 from llmsparse.activation.runtime import counting
-from llmsparse.activation.teal import greedy_allocation, replay
+from llmsparse.activation.teal import block_error, greedy_allocation, replay
 from llmsparse.cli import main
 from llmsparse.formats import CheckpointError
 from llmsparse.masks import SparsityError
@@ -123,6 +123,25 @@ def test_replaying_a_greedy_path_equals_searching_for_the_lower_target():
         replay(path, weights, 0.6)
 
 
+def test_block_error_counts_each_token_relative_to_its_norm():
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(2, 6, 8, generator=g)
+    dense[0, 3] *= 1000  # a token with massive activations
+    out = dense + 0.1 * torch.randn(2, 6, 8, generator=g)
+    diff = out - dense
+    assert block_error(out, dense, "mse") == pytest.approx(diff.pow(2).sum().item(), rel=1e-6)
+    brute = sum((diff[b, t].norm() / dense[b, t].norm()).item() ** 2 for b in range(2) for t in range(6))
+    assert block_error(out, dense, "relative") == pytest.approx(brute, rel=1e-5)
+    # the same absolute error on the massive token: huge under mse, negligible relative to that token
+    hit = dense.clone()
+    hit[0, 3] += 5.0
+    assert block_error(hit, dense, "mse") > block_error(out, dense, "mse")
+    assert block_error(hit, dense, "relative") < 1e-3 * block_error(out, dense, "relative")
+    assert block_error(dense, dense, "relative") == 0.0
+    with pytest.raises(ValueError, match="greedy error"):
+        block_error(out, dense, "l1")
+
+
 def test_common_figure_counts_weights_not_channels():
     model = tiny_model("llama")
     block = find_blocks(model)[0]
@@ -200,6 +219,7 @@ def test_greedy_allocation_reaches_the_block_target(arch, calib_ids):
         assert weighted_sparsity([block], [layer]) == pytest.approx(0.5, abs=1e-9)
         assert len(set(round(v, 6) for v in layer.values())) > 1  # not uniform
     assert report.paper_sparsity == pytest.approx(0.5, abs=1e-9)
+    assert report.greedy_error == "relative"
 
 
 def test_explicit_allocation_reproduces_a_greedy_run(calib_ids):
@@ -398,6 +418,8 @@ def test_bad_requests_fail_before_any_work(calib_ids):
         sparsify_activations(model, None, "chess", 0.5, calib=calib_ids, allocation="greedy")
     with pytest.raises(ValueError, match="prefill"):
         sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, prefill="first-half")
+    with pytest.raises(ValueError, match="greedy error"):
+        sparsify_activations(model, None, "teal", 0.5, calib=calib_ids, allocation="greedy", greedy_error="l1")
     with pytest.raises(ValueError, match="mode"):
         sparsify_activations(model, None, "wina", 0.5, method_options={"mode": "best"})
     with pytest.raises(llmsparse.CalibrationDataError):

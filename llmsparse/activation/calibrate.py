@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,7 +25,7 @@ from .base import ActivationMethod, Captured, check_sparsity
 from .report import ActivationReport, common_sparsity, skipped_fractions
 from .runtime import PREFILL, Site, attach, counting, detach, patched, settings_of, sites_of
 from .sites import Block, find_blocks
-from .teal import greedy_allocation
+from .teal import GREEDY_ERRORS, block_error, greedy_allocation
 
 ALLOCATIONS = ("uniform", "greedy")
 
@@ -75,24 +74,28 @@ def capture(layer: nn.Module, block: Block, hidden, call, device, need_act: bool
     return captured
 
 
-def _greedy(model, layer, block, method, prepared, hidden, call, device, target, step, samples, path) -> dict[str, float]:
-    """TEAL's greedy search for one block: the error is the MSE of the block output against dense."""
+def _greedy(model, layer, block, method, prepared, hidden, call, device, target, step, samples, kind, path) -> dict[str, float]:
+    """TEAL's greedy search for one block: the error is :func:`block_error` of the block output against dense."""
     subset = hidden[:samples]
     dense = [engine._forward(layer, h, call, device) for h in subset]
     weights = {role: w for role, w in block.weights().items() if role in method.roles(block)}
 
     def error(sparsities: dict[str, float]) -> float:
         with patched(model, method.sites(block, prepared, sparsities)):
-            return sum(F.mse_loss(engine._forward(layer, h, call, device), d, reduction="sum").item() for h, d in zip(subset, dense))
+            return sum(block_error(engine._forward(layer, h, call, device), d, kind) for h, d in zip(subset, dense))
 
     return greedy_allocation(weights, target, error, step, path=path)
 
 
-def check_request(method: str, sparsity: float, allocation: str | Sequence[dict], prefill: str, method_options: dict | None = None) -> ActivationMethod:
+def check_request(
+    method: str, sparsity: float, allocation: str | Sequence[dict], prefill: str, method_options: dict | None = None, greedy_error: str = "relative"
+) -> ActivationMethod:
     """The configured method, after checking everything that does not need the model."""
     from . import get_activation_method
 
     check_sparsity(sparsity)
+    if greedy_error not in GREEDY_ERRORS:
+        raise ValueError(f"greedy error must be one of {', '.join(GREEDY_ERRORS)}, got {greedy_error!r}")
     act_method = get_activation_method(method, **(method_options or {}))
     if not isinstance(allocation, str):
         if "greedy" not in act_method.allocations:
@@ -126,6 +129,7 @@ def sparsify_activations(
     text_field: str = "text",
     greedy_step: float = 0.05,
     greedy_samples: int = 4,
+    greedy_error: str = "relative",
 ) -> ActivationReport:
     """Calibrate ``method`` (``teal``, ``wina``, ``chess``) for ``sparsity`` and attach it to ``model``.
 
@@ -134,11 +138,12 @@ def sparsify_activations(
     or an id tensor, as for pruning; 16 x 512 tokens by default. ``allocation='greedy'`` runs
     TEAL's block-wise search on the first ``greedy_samples`` sequences with steps of ``greedy_step``
     (its steps land in ``report.greedy_paths``; :func:`llmsparse.activation.teal.replay` turns them
-    into the allocation for any lower target). ``allocation`` may also be one ``{role: sparsity}``
+    into the allocation for any lower target), minimising ``greedy_error`` (see
+    :func:`llmsparse.activation.teal.block_error`). ``allocation`` may also be one ``{role: sparsity}``
     dict per layer. Everything is checked before any calibration work.
     """
     start = time.perf_counter()
-    act_method = check_request(method, sparsity, allocation, prefill, method_options)
+    act_method = check_request(method, sparsity, allocation, prefill, method_options, greedy_error)
     blocks = find_blocks(model)
     for block in blocks:
         act_method.check(block)
@@ -162,7 +167,7 @@ def sparsify_activations(
     def build(block, prepared, layer, hidden, call):
         if allocation == "greedy":
             paths.append([])
-            chosen = _greedy(model, layer, block, act_method, prepared, hidden, call, device, sparsity, greedy_step, greedy_samples, paths[-1])
+            chosen = _greedy(model, layer, block, act_method, prepared, hidden, call, device, sparsity, greedy_step, greedy_samples, greedy_error, paths[-1])
         elif explicit is not None:
             chosen = {role: float(explicit[block.index].get(role, 0.0)) for role in act_method.roles(block)}
         else:
@@ -205,6 +210,7 @@ def sparsify_activations(
         paper_sparsity=act_method.paper_sparsity(blocks, layers, sparsity),
         paper_definition=act_method.paper_definition,
         greedy_paths=paths or None,
+        greedy_error=greedy_error if allocation == "greedy" else None,
         elapsed_s=time.perf_counter() - start,
     )
 

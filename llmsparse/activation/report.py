@@ -46,6 +46,7 @@ class ActivationReport:
     paper_definition: str
     measured: dict[str, Any] | None = None  # from measure_activation_sparsity on evaluation data
     greedy_paths: list[list[tuple[str, float]]] | None = None  # per layer: the greedy search's (role, increase) steps
+    greedy_error: str | None = None  # the block error the greedy search minimised
     evaluation: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
@@ -54,7 +55,9 @@ class ActivationReport:
             {r for layer in self.layers for r in layer}, key=lambda r: list(self.layers[0]).index(r) if r in self.layers[0] else 99
         )
         lines = [
-            f"{self.method} activation sparsity {self.sparsity:g} ({self.allocation} allocation, prefill: {self.prefill})",
+            f"{self.method} activation sparsity {self.sparsity:g} ({self.allocation} allocation"
+            + (f" on {self.greedy_error} block error" if self.greedy_error else "")
+            + f", prefill: {self.prefill})",
             f"paper figure ({self.paper_definition}): {self.paper_sparsity:.2%}",
         ]
         if self.measured:
