@@ -85,16 +85,16 @@ class Site:
 
     def decode(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """One token: ``y = sum over kept inputs i of x_i * W^T[i]``, reading only the kept rows of ``W^T``."""
-        v = x.reshape(-1)
-        if self.kernel == "cpp" and self.counts is None and v.device.type == "cpu":
+        if self.kernel == "cpp" and self.counts is None and x.device.type == "cpu":
+            # the hot path of batch-1 decoding: the extension takes and returns shaped tensors
             ext = _kernel.load()
             if self.k is not None:
-                y = ext.rows_gemv(v, self.score(v).topk(self.k).indices, self.wt, module.bias)
-            else:
-                if "t" not in self._cache:  # compared in x's dtype, as the masked path does
-                    self._cache["t"] = float(self.threshold.to(v.dtype)) if self.threshold.dim() == 0 else None
-                y = ext.threshold_gemv(v, self.wt, self._cache["t"], self._on("scale", v), module.bias)
-            return y.view(*x.shape[:-1], -1)
+                return ext.rows_gemv(x, self.score(x.reshape(-1)).topk(self.k).indices, self.wt, module.bias)
+            t = self._cache.get("t")
+            if t is None:  # compared in x's dtype, as the masked path does
+                t = self._cache["t"] = float(self.threshold.to(x.dtype))
+            return ext.threshold_gemv(x, self.wt, t, self._on("scale", x), module.bias)
+        v = x.reshape(-1)
         score = self.score(v)
         if self.k is not None:
             idx = score.topk(self.k).indices

@@ -69,13 +69,20 @@ torch::Tensor gemv(const std::vector<int64_t>& idx, const std::vector<float>& va
 void check(const torch::Tensor& x, const torch::Tensor& wt) {
   TORCH_CHECK(!x.is_cuda() && !wt.is_cuda(), "sparse_gemv runs on CPU tensors");
   TORCH_CHECK(wt.dim() == 2 && wt.is_contiguous(), "WT must be a contiguous [in, out] matrix");
-  TORCH_CHECK(x.is_contiguous() && x.numel() == wt.size(0), "x must be contiguous with in_features entries");
+  TORCH_CHECK(x.dim() >= 1 && x.is_contiguous() && x.numel() == wt.size(0), "x must be one contiguous token of in_features entries");
   TORCH_CHECK(x.scalar_type() == wt.scalar_type(), "x and WT must have the same dtype");
+}
+
+// y shaped like x with its last dimension replaced by out_features, so the caller needs no reshapes.
+torch::Tensor shaped(const torch::Tensor& y, const torch::Tensor& x) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = y.size(0);
+  return y.view(sizes);
 }
 
 }  // namespace
 
-// Keep the inputs whose score (|x|, or |x| * scale) is above t.
+// Keep the inputs whose score (|x|, or |x| * scale) is above t. x is one token of any shape [..., in].
 torch::Tensor threshold_gemv(torch::Tensor x, torch::Tensor wt, double t, c10::optional<torch::Tensor> scale,
                              c10::optional<torch::Tensor> bias) {
   check(x, wt);
@@ -100,7 +107,7 @@ torch::Tensor threshold_gemv(torch::Tensor x, torch::Tensor wt, double t, c10::o
       vals.push_back(xp[i]);
     }
   }
-  return gemv(idx, vals, wt, bias);
+  return shaped(gemv(idx, vals, wt, bias), x);
 }
 
 // Keep the given input channels (top-k selection done by the caller).
@@ -112,7 +119,7 @@ torch::Tensor rows_gemv(torch::Tensor x, torch::Tensor rows, torch::Tensor wt, c
   std::vector<int64_t> idx(rp, rp + r.numel());
   std::vector<float> vals(idx.size());
   for (size_t j = 0; j < idx.size(); ++j) vals[j] = xf.data_ptr<float>()[idx[j]];
-  return gemv(idx, vals, wt, bias);
+  return shaped(gemv(idx, vals, wt, bias), x);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
