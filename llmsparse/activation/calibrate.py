@@ -17,15 +17,15 @@ from tqdm.auto import tqdm
 
 from .. import engine
 from ..calibration import calibration_batch
+from ..evaluation.ppl import EvaluationError, eval_text
 from ..masks import SparsityError
 from ..models import find_layers
-from ..evaluation.ppl import EvaluationError, eval_text
 from ..pruning import resolve_device
 from .base import ActivationMethod, Captured, check_sparsity
 from .report import ActivationReport, common_sparsity, skipped_fractions
 from .runtime import PREFILL, Site, attach, counting, detach, patched, settings_of, sites_of
 from .sites import Block, find_blocks
-from .teal import GREEDY_ERRORS, block_error, greedy_allocation
+from .teal import block_error, check_greedy_error, greedy_allocation
 
 ALLOCATIONS = ("uniform", "greedy")
 
@@ -94,8 +94,7 @@ def check_request(
     from . import get_activation_method
 
     check_sparsity(sparsity)
-    if greedy_error not in GREEDY_ERRORS:
-        raise ValueError(f"greedy error must be one of {', '.join(GREEDY_ERRORS)}, got {greedy_error!r}")
+    check_greedy_error(greedy_error)
     act_method = get_activation_method(method, **(method_options or {}))
     if not isinstance(allocation, str):
         if "greedy" not in act_method.allocations:

@@ -17,9 +17,14 @@ from .base import ActivationMethod, Captured, check_sparsity, quantile_threshold
 from .runtime import Site
 from .sites import Block
 
-
 #: Block-output errors the greedy search can minimise (see :func:`block_error`).
 GREEDY_ERRORS = ("relative", "mse")
+
+
+def check_greedy_error(kind: str) -> None:
+    """Refuse an unknown block-error name before any work."""
+    if kind not in GREEDY_ERRORS:
+        raise ValueError(f"greedy error must be one of {', '.join(GREEDY_ERRORS)}, got {kind!r}")
 
 
 def block_error(out: torch.Tensor, dense: torch.Tensor, kind: str = "relative") -> float:
@@ -31,12 +36,11 @@ def block_error(out: torch.Tensor, dense: torch.Tensor, kind: str = "relative") 
     instead dominated by the few tokens with massive activations (``bench/greedy_error_gemma.py``
     shows it on Gemma 3 270M), and a search on it trades every other token for them.
     """
+    check_greedy_error(kind)
     diff = (out - dense).float().pow(2).sum(-1)
     if kind == "mse":
         return diff.sum().item()
-    if kind == "relative":
-        return (diff / dense.float().pow(2).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)).sum().item()
-    raise ValueError(f"greedy error must be one of {', '.join(GREEDY_ERRORS)}, got {kind!r}")
+    return (diff / dense.float().pow(2).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)).sum().item()
 
 
 def greedy_allocation(

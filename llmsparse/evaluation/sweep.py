@@ -217,7 +217,7 @@ def sweep(
         for method, sparsity, pat in tqdm(todo, desc="sweep points"):
             model.load_state_dict(dense_state)
             started = time.perf_counter()
-            report = prune(
+            prune(
                 model,
                 tokenizer,
                 method,
