@@ -104,7 +104,7 @@ def update_card(directory: str | Path, table: str) -> Path:
 
 
 def model_card(
-    report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None, comparison: str | None = None
+    report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None, comparison: str | None = None, recipe_kind: str = "prune"
 ) -> str:
     """The README.md of a saved model; ``activation`` is an :class:`~llmsparse.activation.ActivationReport`,
     ``comparison`` a dense-vs-sparse Markdown table."""
@@ -170,10 +170,10 @@ def model_card(
         lines += [
             "## Recipe",
             "",
-            "Repeat the run with `llmsparse prune BASE_MODEL --recipe recipe.yaml`:",
+            f"Repeat the run with `llmsparse {recipe_kind} BASE_MODEL --recipe recipe.yaml`:",
             "",
             "```yaml",
-            dump_recipe(recipe).rstrip(),
+            dump_recipe(recipe, recipe_kind).rstrip(),
             "```",
             "",
         ]

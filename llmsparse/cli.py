@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import shlex
@@ -39,10 +40,16 @@ from .evaluation.harness import check_tasks, task_manager
 from .evaluation.ppl import perplexity
 from .evaluation.sweep import SweepSpec, markdown, sweep
 from .pruning import prune, resolve_device
-from .recipe import RECIPE_KEYS, load_recipe
+from .recipe import RECIPE_KINDS, load_recipe
 
 # Defaults of `prune` options when neither the command line nor a recipe sets them (the papers' values).
 PRUNE_DEFAULTS = {"method": "wanda", "nsamples": 128, "seqlen": 2048, "seed": 0, "true_sequential": False}
+# Those of `sparsify`: sparsify_activations()'s own, except the sparsity, which must be given.
+SPARSIFY_DEFAULTS = {
+    name: param.default
+    for name, param in inspect.signature(sparsify_activations).parameters.items()
+    if name in RECIPE_KINDS["sparsify"] and name != "sparsity" and param.default is not inspect.Parameter.empty
+}
 
 
 def _method_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -228,33 +235,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrate activation thresholds and save them with the model.",
     )
     _common_model_flags(a)
-    a.add_argument("--method", default="teal", choices=sorted(ACTIVATION_METHODS), help="activation sparsity method (default teal)")
-    a.add_argument("--sparsity", type=float, required=True, help="fraction of activations zeroed, in [0, 1)")
+    a.add_argument("--recipe", help="YAML recipe with sparsify_activations() arguments; flags given on the command line override it")
+    a.add_argument("--method", choices=sorted(ACTIVATION_METHODS), help="activation sparsity method (default teal)")
+    a.add_argument("--sparsity", type=float, help="fraction of activations zeroed, in [0, 1) (required, here or in the recipe)")
     a.add_argument(
         "--calib",
         help=f"calibration data: a file, a Hub dataset ({', '.join(HUB_DATASETS)}) or '{SELF}'; not needed by wina top-k with uniform allocation",
     )
     a.add_argument("--calib-field", default="text", help="text field of .jsonl/.parquet calibration files (default text)")
-    a.add_argument("--nsamples", type=int, default=16, help="calibration sequences (default 16)")
-    a.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    a.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
+    a.add_argument("--nsamples", type=int, help="calibration sequences (default 16)")
+    a.add_argument("--seqlen", type=int, help="tokens per calibration sequence (default 512)")
+    a.add_argument("--seed", type=int, help="seed for the calibration windows (default 0)")
     a.add_argument(
         "--allocation",
-        default="uniform",
         choices=ALLOCATIONS,
-        help="uniform: every projection at --sparsity; greedy: TEAL's block-wise search (teal, wina)",
+        help="uniform (default): every projection at --sparsity; greedy: TEAL's block-wise search (teal, wina)",
     )
-    a.add_argument("--greedy-step", type=float, default=0.05, help="greedy: sparsity step of a q-sized projection (default 0.05)")
-    a.add_argument("--greedy-samples", type=int, default=4, help="greedy: calibration sequences used to measure block error (default 4)")
+    a.add_argument("--greedy-step", type=float, help="greedy: sparsity step of a q-sized projection (default 0.05)")
+    a.add_argument("--greedy-samples", type=int, help="greedy: calibration sequences used to measure block error (default 4)")
     a.add_argument(
         "--greedy-error",
-        default="relative",
         choices=GREEDY_ERRORS,
-        help="greedy: block-output error to minimise, each token's relative to its norm (default) or plain squared",
+        help="greedy: block-output error to minimise: relative (each token's squared error over its squared norm, default), "
+        "mse (plain squared error), or reference (the TEAL reference's: channel L2 norms over the last quarter of positions)",
     )
     a.add_argument(
         "--sparsify-prefill",
-        default="all",
+        dest="prefill",
         choices=PREFILL,
         help="which prompt tokens are sparsified: all (default), none, or last-half; decoding always is",
     )
@@ -287,23 +294,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prune_settings(args: argparse.Namespace) -> dict:
-    """Merge defaults < recipe < command-line flags into prune() keyword arguments."""
-    settings = dict(PRUNE_DEFAULTS)
+def _recipe_settings(args: argparse.Namespace, kind: str, defaults: dict) -> dict:
+    """Merge defaults < recipe < command-line flags into the keyword arguments of a ``kind`` recipe."""
+    settings = dict(defaults)
     if args.recipe:
-        settings.update(load_recipe(args.recipe))
-    for key in RECIPE_KEYS:
+        settings.update(load_recipe(args.recipe, kind))
+    for key in RECIPE_KINDS[kind]:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
-    options = dict(settings.get("method_options") or {})
+    settings["method_options"] = dict(settings.get("method_options") or {})
+    return settings
+
+
+def _prune_settings(args: argparse.Namespace) -> dict:
+    """prune() keyword arguments: defaults < recipe < flags, with the generated method-option flags."""
+    settings = _recipe_settings(args, "prune", PRUNE_DEFAULTS)
     for dest, value in vars(args).items():
         if dest.startswith("opt:") and value is not None:
             _, method, option = dest.split(":")
             if method != settings["method"]:
                 raise ValueError(f"--{method}-{option.replace('_', '-')} is an option of {method}, not of {settings['method']}")
-            options[option] = value
-    settings["method_options"] = options
+            settings["method_options"][option] = value
+    return settings
+
+
+def _sparsify_settings(args: argparse.Namespace) -> dict:
+    """sparsify_activations() keyword arguments: its defaults < recipe < flags; the sparsity must be given."""
+    settings = _recipe_settings(args, "sparsify", SPARSIFY_DEFAULTS)
+    if settings.get("sparsity") is None:
+        raise ValueError("give the activation sparsity with --sparsity or in the recipe")
+    if args.wina_mode:
+        if settings["method"] != "wina":
+            raise ValueError(f"--wina-mode is an option of wina, not of {settings['method']}")
+        settings["method_options"]["mode"] = args.wina_mode
     return settings
 
 
@@ -354,13 +378,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
-    options = {"mode": args.wina_mode} if args.wina_mode else {}
-    if args.wina_mode and args.method != "wina":
-        raise ValueError(f"--wina-mode is an option of wina, not of {args.method}")
+    settings = _sparsify_settings(args)
     # Check everything that can be checked before the (slow) model load.
-    method = check_request(args.method, args.sparsity, args.allocation, args.sparsify_prefill, options, args.greedy_error)
-    if method.needs_calibration(args.allocation):
-        check_calib(args.calib, f"{args.method} with {args.allocation} allocation")
+    method = check_request(
+        settings["method"], settings["sparsity"], settings["allocation"], settings["prefill"], settings["method_options"], settings["greedy_error"]
+    )
+    if method.needs_calibration(settings["allocation"]):
+        check_calib(settings.get("calib"), f"{method.name} with {settings['allocation']} allocation")
     if args.push_to_hub and not args.output:
         raise ValueError("--push-to-hub uploads the saved model: give --output DIR as well")
     if args.output:
@@ -371,24 +395,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     model.to(device)
     if args.eval_ppl:
         dense = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
-    report = sparsify_activations(
-        model,
-        tokenizer,
-        args.method,
-        args.sparsity,
-        args.calib,
-        args.nsamples,
-        args.seqlen,
-        args.seed,
-        args.allocation,
-        args.sparsify_prefill,
-        options,
-        device,
-        args.calib_field,
-        args.greedy_step,
-        args.greedy_samples,
-        args.greedy_error,
-    )
+    report = sparsify_activations(model, tokenizer, device=device, text_field=args.calib_field, **settings)
     if args.eval_ppl:
         sparse = perplexity(model, tokenizer, args.eval_ppl, args.ppl_seqlen, args.ppl_windows)
         report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
@@ -397,7 +404,10 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.eval_ppl:
         print(f"dense  {dense}\nsparse {sparse}")
     if args.output:
-        out = save_pruned(model.to("cpu"), tokenizer, args.output, base_model=args.model, overwrite=args.overwrite, activation=report)
+        recipe = dict(settings, calib=report.calibration["source"] if report.calibration else settings.get("calib"))
+        out = save_pruned(
+            model.to("cpu"), tokenizer, args.output, recipe=recipe, base_model=args.model, overwrite=args.overwrite, activation=report, recipe_kind="sparsify"
+        )
         print(f"saved to {out}")
         if args.push_to_hub:
             print(f"pushed: {push(out, args.push_to_hub, private=args.private, revision=args.revision)}")

@@ -82,6 +82,7 @@ def save_pruned(
     overwrite: bool = False,
     activation=None,
     comparison=None,
+    recipe_kind: str = "prune",
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
@@ -90,6 +91,7 @@ def save_pruned(
     sparsity attached to ``model`` is saved with it (``activation_sparsity.safetensors``); pass its
     :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``,
     and a :class:`~llmsparse.evaluation.Comparison` as ``comparison`` for the card's dense-vs-sparse table.
+    ``recipe`` holds the arguments of ``prune()`` or, with ``recipe_kind='sparsify'``, of ``sparsify_activations()``.
     """
     name, pattern = formats.parse_format(format)
     targets = compressible_weights(model, report, structured=pattern is not None) if name != "dense" else []
@@ -109,7 +111,8 @@ def save_pruned(
         metadata: dict[str, Any] = {"format": name, "base_model": base_model, "versions": versions()}
         if recipe is not None:
             metadata["recipe"] = recipe
-            (tmp / RECIPE_FILE).write_text(dump_recipe(recipe))
+            metadata["recipe_kind"] = recipe_kind
+            (tmp / RECIPE_FILE).write_text(dump_recipe(recipe, recipe_kind))
         if report is not None:
             metadata["report"] = report.to_dict()
             report.save_json(tmp / REPORT_FILE)
@@ -120,7 +123,7 @@ def save_pruned(
         if comparison is not None:
             comparison.save(tmp)
         table = comparison.markdown() if comparison is not None else None
-        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation, table), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation, table, recipe_kind), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

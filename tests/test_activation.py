@@ -142,6 +142,20 @@ def test_block_error_counts_each_token_relative_to_its_norm():
         block_error(out, dense, "l1")
 
 
+def test_reference_block_error_is_the_channel_norm_over_the_last_quarter():
+    g = torch.Generator().manual_seed(1)
+    dense = torch.randn(2, 8, 5, generator=g)
+    out = dense + torch.randn(2, 8, 5, generator=g)
+    # the TEAL reference: norm over positions 6 and 7 per (sequence, channel), mean over channels
+    brute = sum(
+        sum(sum((out[b, t, c] - dense[b, t, c]).item() ** 2 for t in (6, 7)) ** 0.5 for c in range(5)) / 5 for b in range(2)
+    )
+    assert block_error(out, dense, "reference") == pytest.approx(brute, rel=1e-5)
+    early = dense.clone()
+    early[:, :6] += 100.0  # errors on the first three quarters of the positions are not counted
+    assert block_error(early, dense, "reference") == 0.0
+
+
 def test_common_figure_counts_weights_not_channels():
     model = tiny_model("llama")
     block = find_blocks(model)[0]
@@ -454,9 +468,52 @@ def test_cli_sparsify_eval_generate(model_dir, tmp_path, capsys):
     assert "needs an activation-sparse model" in capsys.readouterr().err
 
 
+def test_cli_sparsify_recipe_repeats_the_run(model_dir, tmp_path, capsys):
+    import yaml
+    from conftest import VALID
+    from safetensors.torch import load_file
+
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    argv = ["--method", "teal", "--sparsity", "0.4", "--allocation", "greedy", "--greedy-step", "0.2", "--greedy-samples", "1"]
+    common = ["--calib", str(VALID), "--nsamples", "2", "--seqlen", "32"]
+    assert main(["-q", "sparsify", str(model_dir), *argv, *common, "--seed", "3", "--output", str(first)]) == 0
+    recipe = yaml.safe_load((first / "recipe.yaml").read_text())
+    assert recipe["allocation"] == "greedy" and recipe["greedy_step"] == 0.2 and recipe["seed"] == 3 and recipe["prefill"] == "all"
+    assert recipe["calib"] == str(VALID) and recipe["greedy_error"] == "relative"
+    assert "llmsparse sparsify BASE_MODEL --recipe recipe.yaml" in (first / "README.md").read_text()
+    assert json.loads((first / "llmsparse.json").read_text())["recipe_kind"] == "sparsify"
+    assert main(["-q", "sparsify", str(model_dir), "--recipe", str(first / "recipe.yaml"), "--output", str(second)]) == 0
+    a, b = load_file(first / STATE_FILE), load_file(second / STATE_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a flag overrides the recipe
+    assert main(["-q", "sparsify", str(model_dir), "--recipe", str(first / "recipe.yaml"), "--seed", "4", "--output", str(third)]) == 0
+    assert yaml.safe_load((third / "recipe.yaml").read_text())["seed"] == 4
+    assert not all(torch.equal(a[k], v) for k, v in load_file(third / STATE_FILE).items())
+    # a recipe of the other kind is refused with a pointer to the right command
+    assert main(["-q", "prune", str(model_dir), "--recipe", str(first / "recipe.yaml")]) == 2
+    assert "looks like a sparsify recipe" in capsys.readouterr().err
+
+
+def test_shipped_activation_recipes_load():
+    from pathlib import Path
+
+    from llmsparse import load_recipe
+    from llmsparse.activation.calibrate import check_request
+    from llmsparse.recipe import RecipeError
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes" / "activation").glob("*.yaml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        r = load_recipe(path, "sparsify")
+        check_request(r["method"], r["sparsity"], r.get("allocation", "uniform"), r.get("prefill", "all"), r.get("method_options"))
+        with pytest.raises(RecipeError, match="looks like a sparsify recipe"):
+            load_recipe(path)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
+        (["--calib", "x"], "--sparsity or in the recipe"),
         (["--sparsity", "1.2", "--calib", "x"], "[0, 1)"),
         (["--sparsity", "0.5"], "needs --calib"),
         (["--sparsity", "0.5", "--calib", "/no/such/file"], "does not exist"),

@@ -18,7 +18,9 @@ from .runtime import Site
 from .sites import Block
 
 #: Block-output errors the greedy search can minimise (see :func:`block_error`).
-GREEDY_ERRORS = ("relative", "mse")
+GREEDY_ERRORS = ("relative", "mse", "reference")
+#: The TEAL reference measures its error on the last quarter of each sequence's positions only.
+REFERENCE_LAST_FRACTION = 0.25
 
 
 def check_greedy_error(kind: str) -> None:
@@ -28,15 +30,22 @@ def check_greedy_error(kind: str) -> None:
 
 
 def block_error(out: torch.Tensor, dense: torch.Tensor, kind: str = "relative") -> float:
-    """How far a block's output ``out`` is from its dense output, summed over tokens.
+    """How far a block's output ``out`` is from its dense output ``dense`` (``[..., seq, hidden]``).
 
-    ``mse``: the squared error. ``relative`` (default): each token's squared error divided by the
-    squared norm of its dense output. The next block and the final norm RMS-normalise every token,
-    so what propagates is a token's error relative to its own norm; the plain squared error is
-    instead dominated by the few tokens with massive activations (``bench/greedy_error_gemma.py``
-    shows it on Gemma 3 270M), and a search on it trades every other token for them.
+    ``mse``: the squared error summed over tokens. ``relative`` (default): each token's squared
+    error divided by the squared norm of its dense output, summed over tokens. The next block and
+    the final norm RMS-normalise every token, so what propagates is a token's error relative to its
+    own norm; the plain squared error is instead dominated by the few tokens with massive
+    activations (``bench/greedy_error_gemma.py`` shows it on Gemma 3 270M), and a search on it
+    trades every other token for them. ``reference``: the TEAL reference's error, each channel's L2
+    norm over the last quarter of the sequence's positions, averaged over channels (and summed
+    over sequences); leaving out the first positions also leaves out the attention-sink tokens.
     """
     check_greedy_error(kind)
+    if kind == "reference":
+        start = int(out.shape[-2] * (1 - REFERENCE_LAST_FRACTION))
+        per_channel = (out[..., start:, :] - dense[..., start:, :]).float().norm(dim=-2)
+        return per_channel.mean(-1).sum().item()
     diff = (out - dense).float().pow(2).sum(-1)
     if kind == "mse":
         return diff.sum().item()
