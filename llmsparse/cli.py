@@ -331,6 +331,11 @@ def _sparsify_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _run_recipe(settings: dict, report) -> dict:
+    """The recipe to save with a run: its settings, with the calibration source the run resolved."""
+    return dict(settings, calib=report.calibration["source"] if report.calibration else settings.get("calib"))
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _prune_settings(args)
     # Check everything that can be checked before the (slow) model load.
@@ -362,7 +367,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
         print(f"dense  {dense}\nsparse {sparse}")
     if args.output:
-        recipe = dict(settings, calib=report.calibration["source"] if report.calibration else calib)
+        recipe = _run_recipe(settings, report)
         out = save_pruned(
             model.to("cpu"), tokenizer, args.output, report, recipe, base_model=args.model, format=args.format, overwrite=args.overwrite
         )
@@ -404,7 +409,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     if args.eval_ppl:
         print(f"dense  {dense}\nsparse {sparse}")
     if args.output:
-        recipe = dict(settings, calib=report.calibration["source"] if report.calibration else settings.get("calib"))
+        recipe = _run_recipe(settings, report)
         out = save_pruned(
             model.to("cpu"), tokenizer, args.output, recipe=recipe, base_model=args.model, overwrite=args.overwrite, activation=report, recipe_kind="sparsify"
         )
