@@ -89,7 +89,7 @@ def main() -> None:
     if not args.no_run:
         import llmsparse
         from llmsparse.activation import detach, find_blocks, measure_activation_sparsity
-        from llmsparse.activation.teal import replay
+        from llmsparse.activation.greedy import replay
 
         model, tok = llmsparse.load_model("gemma-3-270m")
         test, valid = str(DATA / "wiki.test.raw"), str(DATA / "wiki.valid.tokens")

@@ -40,7 +40,7 @@ def main() -> None:
     from llmsparse.activation.calibrate import capture
     from llmsparse.activation.runtime import patched
     from llmsparse.calibration import calibration_batch
-    from llmsparse.models import find_layers
+    from llmsparse.layout import find_layers
 
     model, tok = llmsparse.load_model("gemma-3-270m")
     ids, _ = calibration_batch(model, tok, str(DATA / "wiki.valid.tokens"), 16, 512, 0, "text", "bench")
@@ -50,9 +50,9 @@ def main() -> None:
     def visit(i, layer, hidden, call, masters):
         block = blocks[i]
         prepared = teal.prepare(block, capture(layer, block, hidden, call, cpu, False))
-        dense = engine._forward(layer, hidden[0], call, cpu)[0].float()
+        dense = engine.forward_layer(layer, hidden[0], call, cpu)[0].float()
         with patched(model, teal.sites(block, prepared, {role: args.sparsity for role in teal.roles(block)})):
-            out = engine._forward(layer, hidden[0], call, cpu)[0].float()
+            out = engine.forward_layer(layer, hidden[0], call, cpu)[0].float()
         sq = (out - dense).pow(2).sum(-1)
         norm2 = dense.pow(2).sum(-1)
         rows.append((i, top_share(sq), top_share(sq / norm2), norm2.sqrt().median().item(), norm2.sqrt().max().item()))

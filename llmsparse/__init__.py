@@ -18,45 +18,68 @@ Notebook use::
 
 __version__ = "0.1.0"
 
-from . import activation
-from .activation import ActivationReport, enable_sparse_decode, measure_activation_sparsity, sparsify_activations
-from .calibration import CalibrationDataError, calibration_ids
-from .export import OutputDirError, save_pruned
-from .masks import Pattern, SparsityError
-from .methods import METHODS, UnknownMethodError, get_method, register
-from .models import ModelError, find_layers, load_model
-from .evaluation import TaskResults, UnknownTaskError, build_local_tasks, evaluate
+from . import activation, errors
+from .activation import ActivationReport, SparsifySettings, enable_sparse_decode, measure_activation_sparsity, sparsify_activations
+from .calibration import calibration_ids
+from .errors import (
+    CalibrationDataError,
+    CheckpointError,
+    EvaluationError,
+    LlmsparseError,
+    ModelError,
+    OutputDirError,
+    RecipeError,
+    SettingsError,
+    SparsityError,
+    UnknownNameError,
+    UnknownTaskError,
+)
+from .evaluation import TaskResults, build_local_tasks, evaluate
 from .evaluation.compare import Comparison, EvalSettings, compare
-from .evaluation.ppl import EvaluationError, perplexity
+from .evaluation.ppl import perplexity
 from .evaluation.sweep import SweepSpec, sweep
-from .pruning import prune, select_targets
-from .recipe import RecipeError, load_recipe
+from .export import save_pruned
+from .formats import FORMATS, get_format
+from .layout import find_layers, select_targets
+from .masks import Pattern
+from .methods import METHODS, get_method, register
+from .models import load_model
+from .pruning import PruneSettings, prune
+from .recipe import load_recipe
 from .report import PruneReport
 
 __all__ = [
+    "FORMATS",
     "METHODS",
     "ActivationReport",
     "CalibrationDataError",
+    "CheckpointError",
     "Comparison",
     "EvalSettings",
     "EvaluationError",
+    "LlmsparseError",
     "ModelError",
     "OutputDirError",
     "Pattern",
     "PruneReport",
+    "PruneSettings",
     "RecipeError",
+    "SettingsError",
+    "SparsifySettings",
     "SparsityError",
     "SweepSpec",
     "TaskResults",
-    "UnknownMethodError",
+    "UnknownNameError",
     "UnknownTaskError",
     "activation",
     "build_local_tasks",
     "calibration_ids",
     "compare",
     "enable_sparse_decode",
+    "errors",
     "evaluate",
     "find_layers",
+    "get_format",
     "get_method",
     "load_model",
     "load_recipe",

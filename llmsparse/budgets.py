@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from . import engine
-from .masks import Pattern, SparsityError, check_sparsity
+from .errors import SparsityError, check_choice
+from .layout import DecoderLayout, get_weight
+from .masks import Pattern, check_sparsity
 from .methods.wanda import wanda_scores
-from .models import DecoderLayout, get_weight
 from .stats import InputNorms
 
 BUDGETS = ("uniform", "owl")
@@ -28,6 +29,10 @@ BUDGETS = ("uniform", "owl")
 class OWLConfig:
     m: float = field(default=5.0, metadata={"help": "outlier threshold: scores above m x the layer's mean score count as outliers"})
     lam: float = field(default=0.08, metadata={"help": "budgets spread over [s - 2*lambda, s + 2*lambda] at most"})
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return cls.__dataclass_fields__[name].metadata["help"]
 
 
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
@@ -76,11 +81,10 @@ def owl_outlier_ratios(
     return ratios
 
 
-def check_budget(budget: str | Sequence[float], pattern: Pattern, layers: int) -> None:
-    """Refuse an unknown budget, a non-uniform one with N:M, or a bad explicit list, before any work."""
+def check_budget(budget: str | Sequence[float], pattern: Pattern) -> None:
+    """Refuse an unknown budget, a non-uniform one with N:M, or bad explicit values, before any work."""
     if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise SparsityError(f"unknown layer budget {budget!r}; choose one of {', '.join(BUDGETS)} or give one sparsity per layer")
+        check_choice("layer budget", budget, BUDGETS)
         if budget == "uniform":
             return
     if pattern.structured:
@@ -88,8 +92,12 @@ def check_budget(budget: str | Sequence[float], pattern: Pattern, layers: int) -
     if not isinstance(budget, str):
         for value in budget:
             check_sparsity(value)
-        if len(budget) != layers:
-            raise SparsityError(f"{len(budget)} layer sparsities given for {layers} decoder layers")
+
+
+def check_layer_count(budget: str | Sequence[float], layers: int) -> None:
+    """Refuse an explicit budget whose length is not the model's number of decoder layers."""
+    if not isinstance(budget, str) and len(budget) != layers:
+        raise SparsityError(f"{len(budget)} layer sparsities given for {layers} decoder layers")
 
 
 def layer_sparsities(

@@ -7,11 +7,14 @@ sequences sampled from the model itself, so pruning works with no data at all.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
+
+from .errors import CalibrationDataError
+from .settings import setting
+from .text import read_text
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +22,28 @@ HUB_DATASETS = ("c4", "wikitext2", "ptb")
 SELF = "self"
 
 
-class CalibrationDataError(ValueError):
-    """Calibration data is missing, unreadable or too short."""
+CALIB_HELP = f"calibration data: a .txt/.jsonl/.parquet file, a Hub dataset ({', '.join(HUB_DATASETS)}), or '{SELF}' (text the model generates)"
+
+
+def calib_setting(help: str = CALIB_HELP):
+    """The calibration-source field of run settings."""
+    return setting(None, help)
+
+
+def nsamples_setting(default: int):
+    return setting(default, "calibration sequences")
+
+
+def seqlen_setting(default: int):
+    return setting(default, "tokens per calibration sequence")
+
+
+def seed_setting():
+    return setting(0, "seed for the calibration windows (and for 'self' sampling)")
+
+
+def text_field_setting():
+    return setting("text", "text field of .jsonl/.parquet calibration files", flag="--calib-field", recipe=False)
 
 
 def check_calib(calib, what: str) -> None:
@@ -29,32 +52,6 @@ def check_calib(calib, what: str) -> None:
         raise CalibrationDataError(f"{what} needs --calib (calib= in Python): a file, {', '.join(HUB_DATASETS)}, or '{SELF}'")
     if isinstance(calib, (str, Path)) and str(calib) not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
         raise CalibrationDataError(f"calibration file {str(calib)!r} does not exist")
-
-
-def read_text(path: str | Path, text_field: str = "text") -> str:
-    """The text of a local file; documents of ``.jsonl`` / ``.parquet`` files are joined with blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationDataError(f"calibration file {str(path)!r} does not exist")
-    if path.suffix == ".jsonl":
-        docs = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    docs.append(json.loads(line)[text_field])
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise CalibrationDataError(f"{path}:{number}: not a JSON object with a {text_field!r} field") from err
-        return "\n\n".join(docs)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        if text_field not in table.column_names:
-            raise CalibrationDataError(f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)})")
-        return "\n\n".join(str(t) for t in table.column(text_field).to_pylist() if t)
-    return path.read_text(encoding="utf-8")
 
 
 def random_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -112,30 +109,59 @@ def calibration_batch(
     return ids, info
 
 
+def sample_next(logits: torch.Tensor, top_k: int, top_p: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``logits`` ``[batch, vocab]``: temperature, then top-k, then top-p (nucleus), then a draw.
+
+    The same distribution as transformers' sampling warpers in that order, without sorting the
+    whole vocabulary: ``topk`` selects the ``top_k`` candidates and only those are sorted.
+    """
+    logits = logits.float() / temperature
+    k = logits.shape[-1] if not top_k or top_k >= logits.shape[-1] else top_k
+    values, indices = logits.topk(k, dim=-1)  # descending
+    if top_p < 1.0:
+        probs = values.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p (at least one)
+        values = values.masked_fill(drop, float("-inf"))
+    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)
+    return indices.gather(-1, choice)
+
+
 @torch.no_grad()
 def generate_self(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 32) -> torch.Tensor:
-    """Sequences sampled from the model (from its BOS token), as data-free calibration."""
+    """Sequences sampled from the model (from its BOS token), as data-free calibration.
+
+    Sampling follows the model's generation config (temperature, top-k, top-p) with a KV cache and
+    end-of-sequence tokens suppressed, so every sequence has ``seqlen`` tokens; progress is shown
+    per generated token. Deterministic for a ``seed`` (a private generator; the global RNG is untouched).
+    """
     from tqdm.auto import tqdm
 
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
         raise CalibrationDataError("'self' calibration needs a tokenizer with a BOS or EOS token to start from")
+    config = model.generation_config
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    # transformers' defaults for sampling settings the config leaves unset
+    top_k = 50 if config.top_k is None else config.top_k
+    top_p = 1.0 if config.top_p is None else config.top_p
+    temperature = 1.0 if config.temperature is None else config.temperature
     device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     out = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for first in tqdm(range(0, nsamples, batch_size), desc="generating calibration text"):
+    with tqdm(total=nsamples * (seqlen - 1), desc="generating calibration tokens", unit="tok") as bar:
+        for first in range(0, nsamples, batch_size):
             b = min(batch_size, nsamples - first)
-            prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
-            seqs = model.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                do_sample=True,
-                max_new_tokens=seqlen - 1,
-                min_new_tokens=seqlen - 1,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start,
-            )
-            out.append(seqs[:, :seqlen].cpu())
+            tokens = torch.full((b, 1), start, dtype=torch.long, device=device)
+            seqs, cache = [tokens], None
+            for _ in range(seqlen - 1):
+                step = model(tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache, logits = step.past_key_values, step.logits[:, -1]
+                logits[:, eos] = float("-inf")
+                tokens = sample_next(logits, top_k, top_p, temperature, generator)
+                seqs.append(tokens)
+                bar.update(b)
+            out.append(torch.cat(seqs, dim=1).cpu())
     return torch.cat(out)
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import yaml
 
+from .formats import Format, get_format
 from .models import GEMMA_270M
+from .recipe import dump_recipe
 from .report import PruneReport
 
 # Hub ids of the aliases load_model() knows, for the card's base_model field.
@@ -104,10 +106,16 @@ def update_card(directory: str | Path, table: str) -> Path:
 
 
 def model_card(
-    report: PruneReport | None, recipe: dict | None, base_model: str | None, fmt: str, activation=None, comparison: str | None = None, recipe_kind: str = "prune"
+    report: PruneReport | None,
+    recipe: dict | None,
+    base_model: str | None,
+    fmt: Format | str,
+    activation=None,
+    comparison: str | None = None,
+    recipe_kind: str = "prune",
 ) -> str:
-    """The README.md of a saved model; ``activation`` is an :class:`~llmsparse.activation.ActivationReport`,
-    ``comparison`` a dense-vs-sparse Markdown table."""
+    """The README.md of a saved model stored in format ``fmt``; ``activation`` is an
+    :class:`~llmsparse.activation.ActivationReport`, ``comparison`` a dense-vs-sparse Markdown table."""
     front: dict[str, Any] = {}
     base = hub_id(base_model)
     if base:
@@ -143,11 +151,8 @@ def model_card(
             else "Calibration: none (data-free method)."
         )
         lines.append("")
-    storage_note = {
-        "dense": "ordinary safetensors with the pruned weights stored as zeros; loads with plain `transformers`",
-        "bitmask": "compact `sparse-bitmask` layout (values, packed bit mask, row offsets); load with `llmsparse.load_model`",
-    }.get(fmt, f"compact {fmt} layout (kept values and a packed position mask); load with `llmsparse.load_model`")
-    lines += [f"Weights: {storage_note}.", ""]
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    lines += [f"Weights: {fmt.note}.", ""]
     if report is not None and report.storage:
         s = report.storage
         lines += [
@@ -165,8 +170,6 @@ def model_card(
     if comparison:
         lines.append(comparison_section(comparison))
     if recipe:
-        from .recipe import dump_recipe
-
         lines += [
             "## Recipe",
             "",

@@ -20,13 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import CalibrationError
+from .layout import DecoderLayout, get_weight
 from .masks import Pattern
 from .methods import Method, PruneResult
-from .models import DecoderLayout, get_weight
-
-
-class CalibrationError(RuntimeError):
-    """The calibration forward passes did not give a matrix the inputs it needs."""
 
 
 class _Stop(Exception):
@@ -42,7 +39,7 @@ class MatrixResult:
 
 
 @dataclass
-class _LayerCall:
+class LayerCall:
     args: tuple
     kwargs: dict
 
@@ -105,13 +102,13 @@ def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch
     """Inputs of the first layer per sequence (on CPU) and every layer's call arguments (on ``device``)."""
     first = layout.layers[0]
     hidden: list[torch.Tensor] = []
-    calls: list[_LayerCall] = []
+    calls: list[LayerCall] = []
 
     def catch_first(module, args, kwargs):
         h, rest, kw = _split_hidden(args, kwargs)
         hidden.append(h.to("cpu", dtype))
         if not calls:
-            calls.append(_LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
+            calls.append(LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
         raise _Stop
 
     with _on_device(_outside_layers(layout), device):
@@ -128,18 +125,18 @@ def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch
     return hidden, calls
 
 
-def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[_LayerCall]:
+def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[LayerCall]:
     """Arguments of layers 1..L-1, recorded by one forward where each layer is replaced by a pass-through."""
     layers = layout.layers
     with _on_device(list(layers[0].modules()), device, dtype):
         returns_tuple = isinstance(layers[0](hidden0.to(device), *call0.args, **call0.kwargs), tuple)
-    calls: list[_LayerCall] = []
+    calls: list[LayerCall] = []
 
     def stub_for(index):
         def stub(*args, **kwargs):
             h, rest, kw = _split_hidden(args, kwargs)
             if index > 0:
-                calls.append(_LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
+                calls.append(LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
             if index == len(layers) - 1:
                 raise _Stop
             return (h,) if returns_tuple else h
@@ -165,7 +162,8 @@ def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[_Lay
     return calls
 
 
-def _forward(layer: nn.Module, h: torch.Tensor, call: _LayerCall, device: torch.device) -> torch.Tensor:
+def forward_layer(layer: nn.Module, h: torch.Tensor, call: LayerCall, device: torch.device) -> torch.Tensor:
+    """One decoder layer's output hidden states for input ``h`` with its recorded call arguments."""
     out = layer(h.to(device), *call.args, **call.kwargs)
     return out[0] if isinstance(out, tuple) else out
 
@@ -201,7 +199,7 @@ def collect_stats(layer, matrices: dict[str, nn.Module], hidden, call, device, n
             seen.clear()
             done.clear()
             try:
-                _forward(layer, h, call, device)
+                forward_layer(layer, h, call, device)
             except _Stop:
                 pass
     finally:
@@ -230,7 +228,7 @@ def input_groups(layer, matrices: dict[str, nn.Module], h, call, device) -> list
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
     try:
-        _forward(layer, h, call, device)
+        forward_layer(layer, h, call, device)
     finally:
         for handle in handles:
             handle.remove()
@@ -265,7 +263,7 @@ def walk_layers(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.de
         with _on_device(list(layers[i].modules()), device, dtype) as masters:
             visit(i, layers[i], hidden, calls[i], masters)
             if i + 1 < len(layers):
-                hidden = [_forward(layers[i], h, calls[i], device).to("cpu") for h in hidden]
+                hidden = [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in hidden]
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 """Saving a pruned model: a loadable Hugging Face directory plus what is needed to repeat the run.
 
 The directory is written to a temporary sibling and renamed into place, so a failure leaves
-nothing half-written. Formats (:mod:`llmsparse.formats`): ``dense`` stores ordinary safetensors with
-the pruned weights as exact zeros; ``bitmask`` and ``N:M`` (e.g. ``2:4``) store the pruned matrices
-compactly in the legacy compressed-tensors layout, which :func:`llmsparse.load_model` reads back.
+nothing half-written. The registered formats (:mod:`llmsparse.formats`) decide how the pruned
+matrices are stored: ``dense`` as ordinary safetensors with exact zeros; ``bitmask`` and ``N:M``
+(e.g. ``2:4``) compactly, in a layout :func:`llmsparse.load_model` reads back.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 from . import formats
 from .activation.io import save_activation_state
 from .card import model_card
-from .pruning import select_targets
+from .errors import OutputDirError
+from .layout import target_weights
 from .recipe import dump_recipe
 from .report import PruneReport
 
@@ -32,18 +33,12 @@ RECIPE_FILE = "recipe.yaml"
 CARD_FILE = "README.md"
 
 
-class OutputDirError(ValueError):
-    """The output directory cannot be used (not empty, or a file)."""
-
-
-def compressible_weights(model, report: PruneReport | None = None, structured: bool = False) -> list[str]:
+def compressible_weights(model, fmt: formats.Format, report: PruneReport | None = None) -> list[str]:
     """State-dict keys of the matrices to store compactly: the pruned ones (from ``report``), else every decoder matrix."""
-    modules = {name: module for matrices in select_targets(model).values() for name, module in matrices.items()}
+    modules = target_weights(model)
     names = [m.name for m in report.matrices] if report is not None else list(modules)
-    if structured:
-        conv = [n for n in names if not isinstance(modules.get(n), torch.nn.Linear)]
-        if conv:
-            raise formats.CheckpointError(f"N:M formats store nn.Linear weights; {conv[0]} is not one (use format 'bitmask')")
+    for name in names:
+        fmt.check_module(name, modules[name])
     return [f"{n}.weight" for n in names]
 
 
@@ -58,7 +53,6 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def versions() -> dict[str, str]:
-    import torch
     import transformers
 
     from . import __version__
@@ -93,22 +87,22 @@ def save_pruned(
     and a :class:`~llmsparse.evaluation.Comparison` as ``comparison`` for the card's dense-vs-sparse table.
     ``recipe`` holds the arguments of ``prune()`` or, with ``recipe_kind='sparsify'``, of ``sparsify_activations()``.
     """
-    name, pattern = formats.parse_format(format)
-    targets = compressible_weights(model, report, structured=pattern is not None) if name != "dense" else []
+    fmt = formats.get_format(format)
+    targets = compressible_weights(model, fmt, report) if fmt.compact else []
     out = check_output_dir(output_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         save_activation_state(model, tmp)
-        if name != "dense":
-            config = formats.compress_checkpoint(tmp, name, targets)
-            storage = {"format": name, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
+        if fmt.compact:
+            config = formats.compress_checkpoint(tmp, fmt, targets)
+            storage = {"format": fmt.label, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
             if report is not None:
                 report.storage = storage
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        metadata: dict[str, Any] = {"format": name, "base_model": base_model, "versions": versions()}
+        metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions()}
         if recipe is not None:
             metadata["recipe"] = recipe
             metadata["recipe_kind"] = recipe_kind
@@ -123,7 +117,7 @@ def save_pruned(
         if comparison is not None:
             comparison.save(tmp)
         table = comparison.markdown() if comparison is not None else None
-        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, name, activation, table, recipe_kind), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .errors import PushError
 from .export import METADATA_FILE
 from .formats import shard_files
 
 log = logging.getLogger(__name__)
-
-
-class PushError(ValueError):
-    """The directory is not a saved model, or the upload could not be set up."""
 
 
 def check_model_dir(directory: str | Path) -> Path:

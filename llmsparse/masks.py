@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-class SparsityError(ValueError):
-    """An impossible sparsity target or pattern."""
+from .errors import SparsityError
 
 
 @dataclass(frozen=True)

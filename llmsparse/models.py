@@ -1,9 +1,9 @@
-"""Model loading (Hub id, local directory, .gguf, bundled alias) and decoder-layer discovery.
+"""Model loading: a Hub id, a local directory, a ``.gguf`` file or the bundled alias, dense or compact.
 
-Everything that knows how a Hugging Face causal LM is laid out lives here: where the
-repeated decoder blocks are, which modules inside them are prunable matrices, and how to
-read and write a matrix as ``[out_features, in_features]`` whatever its storage
-(``nn.Linear`` or GPT-2's transposed ``Conv1D``).
+Only safetensors weights are read, and remote code runs only when asked. GGUF files are
+dequantized once and cached; compact checkpoints (:mod:`llmsparse.formats`) are read with our own
+code; saved activation sparsity is re-attached. How a loaded model is laid out is
+:mod:`llmsparse.layout`'s business.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from . import formats
+from .activation import io as activation_io
+from .errors import CheckpointError, LlmsparseError, ModelError, unknown_name
+from .settings import Settings, api, setting
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,6 @@ log = logging.getLogger(__name__)
 GEMMA_270M = "gemma-3-270m"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelError(ValueError):
-    """A model cannot be loaded or its structure is not one llmsparse can prune."""
 
 
 def cache_dir() -> Path:
@@ -45,7 +44,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or 'auto'")
+        raise unknown_name("dtype", dtype, [*DTYPES, "auto"])
     return DTYPES[dtype]
 
 
@@ -57,12 +56,21 @@ def check_source(source: str) -> None:
         raise ModelError(f"model path {source!r} does not exist")
 
 
-def load_model(
-    path_or_id: str | os.PathLike,
-    dtype: str | torch.dtype | None = "auto",
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-):
+#: What a model argument may name (CLI help).
+MODEL_HELP = f"Hub id, local HF directory, .gguf file, or {GEMMA_270M!r} (bundled Gemma 3 270M)"
+
+
+@dataclass
+class LoadSettings(Settings):
+    """How :func:`load_model` loads a model."""
+
+    dtype: str | torch.dtype | None = setting("auto", "weight dtype to load (auto: the checkpoint's)", choices=("auto", *DTYPES), recipe=False)
+    trust_remote_code: bool = setting(False, "allow model code from the Hub to run (off by default)", recipe=False)
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model", cli=False, recipe=False)
+
+
+@api(LoadSettings)
+def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     """Load ``(model, tokenizer)`` from a Hub id, a local HF directory, a ``.gguf`` file or ``gemma-3-270m``.
 
     GGUF files are dequantized once and cached as float32 safetensors, so later loads take
@@ -71,6 +79,7 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    dtype, trust_remote_code, revision = s.dtype, s.trust_remote_code, s.revision
     source = str(path_or_id)
     if source == GEMMA_270M:
         source = _bundled_gemma_gguf()
@@ -86,12 +95,13 @@ def load_model(
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
     try:
-        if formats.is_sparse_only(getattr(config, "quantization_config", None), source):
+        block = formats.sparsity_config(getattr(config, "quantization_config", None), source)
+        if block is not None:
             if not local:  # a compact checkpoint on the Hub: fetch the files, then read them ourselves
                 from huggingface_hub import snapshot_download
 
                 source = snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-            model = _load_compact(Path(source), config, parse_dtype(dtype), trust_remote_code)
+            model = _load_compact(Path(source), config, block, parse_dtype(dtype), trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 source,
@@ -101,7 +111,7 @@ def load_model(
                 revision=revision,
                 use_safetensors=True,
             )
-    except formats.CheckpointError:
+    except LlmsparseError:
         raise
     except ValueError as err:
         raise ModelError(f"{type(config).__name__} ({config.model_type}) is not a causal LM llmsparse can load: {err}") from err
@@ -109,8 +119,6 @@ def load_model(
         raise ModelError(f"cannot load weights from {source!r} (only safetensors are accepted): {err}") from err
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     model.eval()
-    from .activation import io as activation_io  # not at module level: activation imports this module
-
     if getattr(config, activation_io.CONFIG_KEY, None):
         activation_io.restore_activation_state(
             model, source if Path(source).is_dir() else _hub_file_dir(source, activation_io.STATE_FILE, revision)
@@ -118,7 +126,7 @@ def load_model(
     return model, tokenizer
 
 
-def _load_compact(directory: Path, config, dtype: torch.dtype | None, trust_remote_code: bool) -> nn.Module:
+def _load_compact(directory: Path, config, block: dict, dtype: torch.dtype | None, trust_remote_code: bool) -> nn.Module:
     """Build the model from a compact (bitmask / N:M) checkpoint, one tensor at a time, bit-exact."""
     from transformers import AutoModelForCausalLM
 
@@ -135,17 +143,17 @@ def _load_compact(directory: Path, config, dtype: torch.dtype | None, trust_remo
     model.tie_weights()  # skipped under no_init_weights; tied tensors are stored once
     state = model.state_dict()
     loaded: set[str] = set()
-    for key, tensor in formats.read_state(directory):
+    for key, tensor in formats.read_state(directory, block):
         if key not in state:
-            raise formats.CheckpointError(f"{directory}: unexpected tensor {key!r} for {type(model).__name__}")
+            raise CheckpointError(f"{directory}: unexpected tensor {key!r} for {type(model).__name__}")
         if tuple(tensor.shape) != tuple(state[key].shape):
-            raise formats.CheckpointError(f"{directory}: {key} has shape {list(tensor.shape)}, the model expects {list(state[key].shape)}")
+            raise CheckpointError(f"{directory}: {key} has shape {list(tensor.shape)}, the model expects {list(state[key].shape)}")
         state[key].copy_(tensor)
         loaded.add(key)
     have = {state[k].data_ptr() for k in loaded}
     missing = [k for k in state if k not in loaded and state[k].data_ptr() not in have]  # tied weights share storage
     if missing:
-        raise formats.CheckpointError(f"{directory}: partial checkpoint, {len(missing)} tensors missing (first: {missing[0]})")
+        raise CheckpointError(f"{directory}: partial checkpoint, {len(missing)} tensors missing (first: {missing[0]})")
     return model.to(dtype) if dtype is not None else model
 
 
@@ -194,62 +202,3 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# --------------------------------------------------------------------------- layer discovery
-
-
-@dataclass
-class DecoderLayout:
-    """Where a causal LM keeps its repeated decoder blocks."""
-
-    base: nn.Module  # the model without its LM head (embeddings, blocks, final norm)
-    layers: nn.ModuleList
-    layers_name: str  # qualified name inside the full model, e.g. "model.layers"
-
-    def layer_name(self, index: int) -> str:
-        return f"{self.layers_name}.{index}"
-
-
-def is_matrix_module(module: nn.Module) -> bool:
-    """True for modules whose weight is one prunable matrix: ``nn.Linear`` and GPT-2's ``Conv1D``."""
-    if isinstance(module, nn.Linear):
-        return True
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2
-
-
-def find_layers(model: nn.Module) -> DecoderLayout:
-    """Find the decoder blocks: the largest ``ModuleList`` of identical blocks that contain matrices.
-
-    Generic over Llama, Mistral, Qwen2/3, Gemma2/3, Phi3, OPT, GPT-2 and most other decoder-only
-    models; raises :class:`ModelError` naming the architecture when nothing fits.
-    """
-    best = None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        kinds = {type(child) for child in module}
-        if len(kinds) != 1 or not any(is_matrix_module(m) for m in module[0].modules()):
-            continue
-        size = sum(p.numel() for p in module.parameters())
-        if best is None or size > best[2]:
-            best = (name, module, size)
-    if best is None:
-        arch = getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__]
-        raise ModelError(f"unsupported architecture {arch[0]}: no list of repeated decoder blocks with Linear layers found")
-    base = getattr(model, "base_model", model)
-    return DecoderLayout(base=base, layers=best[1], layers_name=best[0])
-
-
-def matrix_modules(module: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
-    """All prunable matrices inside ``module`` by qualified name (``prefix.sub.name``), in definition order."""
-    return {f"{prefix}.{name}" if prefix else name: m for name, m in module.named_modules() if name and is_matrix_module(m)}
-
-
-def get_weight(module: nn.Module, tensor: torch.Tensor | None = None) -> torch.Tensor:
-    """The weight (or ``tensor`` stored like it) as an ``[out_features, in_features]`` view.
-
-    ``nn.Linear`` stores ``[out, in]``; GPT-2's ``Conv1D`` stores the transpose.
-    """
-    data = module.weight.data if tensor is None else tensor
-    return data if isinstance(module, nn.Linear) else data.t()

@@ -1,71 +1,82 @@
-"""``prune()``: one-shot, layer-by-layer pruning of an in-memory causal LM (the API the CLI wraps)."""
+"""``prune()``: one-shot, layer-by-layer pruning of an in-memory causal LM (the API the CLI wraps).
+
+Its settings are :class:`PruneSettings`, which also give the ``prune`` recipe keys and CLI flags.
+"""
 
 from __future__ import annotations
 
-import re
+import os
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import budgets, engine, masks
-from .calibration import calibration_batch
-from .methods import get_method
-from .models import ModelError, find_layers, get_weight, matrix_modules, parse_dtype
+from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
+from .errors import ModelError
+from .layout import find_layers, get_weight, resolve_device, select_targets
+from .methods import METHODS, Method, get_method
+from .models import parse_dtype
 from .report import MatrixReport, PruneReport
+from .settings import Settings, api, device_setting, setting
 
 
-def select_targets(
-    model: nn.Module, targets: Sequence[str] | None = None, ignore: Sequence[str] | None = None
-) -> dict[int, dict[str, nn.Module]]:
-    """Matrices to prune per decoder layer: all Linear/Conv1D inside the blocks, filtered by name regexes.
+@dataclass
+class PruneSettings(Settings):
+    """The arguments of :func:`prune`; the recipe keys of ``prune`` recipes and ``llmsparse prune``'s flags."""
 
-    ``targets`` keeps names matching any regex (``re.search``), ``ignore`` drops names matching any.
-    Embeddings and ``lm_head`` sit outside the decoder blocks and are never selected.
+    method: str = setting("wanda", "pruning method", choices=METHODS)
+    sparsity: float | None = setting(None, "fraction of weights set to zero, in [0, 1) (implied by an N:M pattern)")
+    pattern: str | None = setting(None, "'unstructured' (default) or N:M, e.g. 2:4 = 2 zeros in every 4 consecutive inputs")
+    calib: str | os.PathLike | torch.Tensor | None = calib_setting()
+    nsamples: int = nsamples_setting(128)
+    seqlen: int = seqlen_setting(2048)
+    seed: int = seed_setting()
+    targets: str | list[str] | None = setting(None, "prune only matrices whose name matches one of these regexes", nargs="+", metavar="REGEX")
+    ignore: str | list[str] | None = setting(None, "skip matrices whose name matches one of these regexes", nargs="+", metavar="REGEX")
+    true_sequential: bool = setting(False, "re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)")
+    method_options: dict | None = setting({}, "options of the method (command line: --<method>-<option>)", cli=False)
+    device: str | torch.device | None = device_setting()
+    compute_dtype: str | torch.dtype | None = setting(
+        "auto",
+        "dtype of the calibration forward passes: auto (the model's; float32 for float16 models on CPU), float32, bfloat16 or float16; statistics and pruning math are float32 either way",
+        recipe=False,
+    )
+    text_field: str = text_field_setting()
+    layer_budget: str | list[float] = setting("uniform", "how sparsity is spread over decoder layers: uniform, owl (outlier-weighted), or (Python) one sparsity per layer", choices=budgets.BUDGETS)
+    owl_m: float = setting(budgets.OWLConfig.m, f"OWL: {budgets.OWLConfig.help('m')}")
+    owl_lambda: float = setting(budgets.OWLConfig.lam, f"OWL: {budgets.OWLConfig.help('lam')}")
+
+    def __post_init__(self) -> None:
+        # a lone regex is one pattern (iterating it would match character by character)
+        self.targets = [self.targets] if isinstance(self.targets, str) else self.targets
+        self.ignore = [self.ignore] if isinstance(self.ignore, str) else self.ignore
+        self.method_options = {} if self.method_options is None else self.method_options
+        super().__post_init__()
+
+
+def check_request(settings: PruneSettings) -> tuple[Method, float, masks.Pattern]:
+    """Everything about a prune request that can be checked without the model: ``(method, sparsity, pattern)``.
+
+    The calibration source is checked where it is read (:func:`calibration_needs` says who needs one).
     """
-    layout = find_layers(model)
-    chosen: dict[int, dict[str, nn.Module]] = {}
-    for i, layer in enumerate(layout.layers):
-        for name, module in matrix_modules(layer, layout.layer_name(i)).items():
-            if targets and not any(re.search(p, name) for p in targets):
-                continue
-            if ignore and any(re.search(p, name) for p in ignore):
-                continue
-            chosen.setdefault(i, {})[name] = module
-    if not chosen:
-        raise ModelError(f"no matrices selected for pruning (targets={list(targets or [])}, ignore={list(ignore or [])})")
-    return chosen
+    pruner = get_method(settings.method, **settings.method_options)
+    sparsity, pattern = masks.resolve_target(settings.sparsity, settings.pattern)
+    pruner.check(pattern)
+    budgets.check_budget(settings.layer_budget, pattern)
+    return pruner, sparsity, pattern
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch device; ``None`` means cuda when available, else cpu."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def calibration_needs(pruner: Method, settings: PruneSettings) -> str | None:
+    """Who needs calibration data in this run (for messages), or None when the run needs none."""
+    if pruner.needs_calibration:
+        return f"method {pruner.name!r}"
+    return "the OWL layer budget" if settings.layer_budget == "owl" else None
 
 
-def prune(
-    model: nn.Module,
-    tokenizer=None,
-    method: str = "wanda",
-    sparsity: float | None = None,
-    pattern: str | None = None,
-    calib: str | torch.Tensor | None = None,
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    targets: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
-    true_sequential: bool = False,
-    method_options: dict | None = None,
-    device: str | torch.device | None = None,
-    compute_dtype: str | torch.dtype | None = None,
-    text_field: str = "text",
-    layer_budget: str | Sequence[float] = "uniform",
-    owl_m: float = budgets.OWLConfig.m,
-    owl_lambda: float = budgets.OWLConfig.lam,
-) -> PruneReport:
+@api(PruneSettings)
+def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     ``method`` is a registered name (``magnitude``, ``wanda``, ``sparsegpt``); ``pattern`` is
@@ -81,37 +92,34 @@ def prune(
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
     with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
     """
-    pruner = get_method(method, **(method_options or {}))
+    pruner, sparsity, pat = check_request(s)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise ModelError(
             "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
             "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
         )
-    sparsity, pat = masks.resolve_target(sparsity, pattern)
-    pruner.check(pat)
     layout = find_layers(model)
-    budgets.check_budget(layer_budget, pat, len(layout.layers))
-    owl = budgets.OWLConfig(owl_m, owl_lambda)
-    chosen = select_targets(model, targets, ignore)
+    budgets.check_layer_count(s.layer_budget, len(layout.layers))
+    chosen = select_targets(model, s.targets, s.ignore)
     for matrices in chosen.values():
         for name, module in matrices.items():
             masks.check_width(name, get_weight(module).shape[1], pat)
-    device = resolve_device(device)
-    dtype = parse_dtype(compute_dtype) or engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
+    device = resolve_device(s.device)
+    dtype = parse_dtype(s.compute_dtype) or engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
     started = time.perf_counter()
-    ids = None
-    calibration = None
-    if pruner.needs_calibration or layer_budget == "owl":
-        needs = f"method {method!r}" if pruner.needs_calibration else "the OWL layer budget"
-        ids, calibration = calibration_batch(model, tokenizer, calib, nsamples, seqlen, seed, text_field, needs)
+    ids = calibration = None
+    needs = calibration_needs(pruner, s)
+    if needs:
+        ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
     calibrated = time.perf_counter()
 
     was_training = model.training
     model.eval()
     try:
-        sparsities, budget_info = budgets.layer_sparsities(layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
-        results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, true_sequential, dtype)
+        owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
+        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
+        results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype)
     finally:
         model.train(was_training)
     finished = time.perf_counter()
@@ -120,12 +128,10 @@ def prune(
     rows = []
     for r in results:
         weight = get_weight(modules[r.name])
-        rows.append(
-            MatrixReport(r.name, r.layer, list(weight.shape), r.sparsity, int((weight == 0).sum()), r.result.error, r.result.notes)
-        )
+        rows.append(MatrixReport(r.name, r.layer, list(weight.shape), r.sparsity, int((weight == 0).sum()), r.result.error, r.result.notes))
     return PruneReport(
-        method=method,
-        options=pruner.options() | ({"true_sequential": True} if true_sequential else {}),
+        method=s.method,
+        options=pruner.options() | ({"true_sequential": True} if s.true_sequential else {}),
         pattern=str(pat),
         sparsity=sparsity,
         matrices=rows,

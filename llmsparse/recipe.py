@@ -1,10 +1,10 @@
 """YAML recipes: the arguments of :func:`llmsparse.prune` or :func:`llmsparse.sparsify_activations` written down, so a run can be repeated.
 
-A ``prune`` recipe holds keys of ``prune()`` (``method``, ``sparsity``, ``pattern``, ``calib``,
-``nsamples``, ``seqlen``, ``seed``, ``targets``, ``ignore``, ``true_sequential``,
-``method_options``, ``layer_budget``, ``owl_m``, ``owl_lambda``); ``llmsparse.prune(model, tok,
-**load_recipe(path))`` runs it. A ``sparsify`` recipe holds keys of ``sparsify_activations()``;
-``llmsparse.sparsify_activations(model, tok, **load_recipe(path, "sparsify"))`` runs it.
+A recipe of a kind holds the recipe keys of that kind's settings (:class:`~llmsparse.pruning.PruneSettings`
+for ``prune``, :class:`~llmsparse.activation.SparsifySettings` for ``sparsify``): every field not
+marked ``recipe=False``. ``llmsparse.prune(model, tok, **load_recipe(path))`` runs a prune recipe,
+``llmsparse.sparsify_activations(model, tok, **load_recipe(path, "sparsify"))`` a sparsify one.
+Keys and value types are checked when the file is read, naming the key and the file.
 """
 
 from __future__ import annotations
@@ -14,69 +14,44 @@ from typing import Any
 
 import yaml
 
-RECIPE_KEYS = (
-    "method",
-    "sparsity",
-    "pattern",
-    "calib",
-    "nsamples",
-    "seqlen",
-    "seed",
-    "targets",
-    "ignore",
-    "true_sequential",
-    "method_options",
-    "layer_budget",
-    "owl_m",
-    "owl_lambda",
-)
-SPARSIFY_RECIPE_KEYS = (
-    "method",
-    "sparsity",
-    "calib",
-    "nsamples",
-    "seqlen",
-    "seed",
-    "allocation",
-    "prefill",
-    "method_options",
-    "greedy_step",
-    "greedy_samples",
-    "greedy_error",
-)
-#: Recipe kinds: the command (and Python function) that runs them, and the keys they may hold.
-RECIPE_KINDS = {"prune": RECIPE_KEYS, "sparsify": SPARSIFY_RECIPE_KEYS}
+from .activation.calibrate import SparsifySettings
+from .errors import LlmsparseError, RecipeError, check_choice
+from .pruning import PruneSettings
+from .settings import Settings, check_values
+
+#: Recipe kinds: the command (and Python function) that runs them, and their settings.
+RECIPE_KINDS: dict[str, type[Settings]] = {"prune": PruneSettings, "sparsify": SparsifySettings}
 
 
-class RecipeError(ValueError):
-    """A recipe file that cannot be read or has unknown keys."""
-
-
-def _keys(kind: str) -> tuple[str, ...]:
-    if kind not in RECIPE_KINDS:
-        raise RecipeError(f"recipe kind must be one of {', '.join(RECIPE_KINDS)}, got {kind!r}")
-    return RECIPE_KINDS[kind]
+def recipe_keys(kind: str) -> tuple[str, ...]:
+    """The keys a ``kind`` recipe may hold."""
+    check_choice("recipe kind", kind, RECIPE_KINDS)
+    return RECIPE_KINDS[kind].recipe_keys()
 
 
 def load_recipe(path: str | Path, kind: str = "prune") -> dict[str, Any]:
-    """The keyword arguments a ``kind`` recipe file holds, checked against that kind's keys."""
-    keys = _keys(kind)
+    """The keyword arguments a ``kind`` recipe file holds, checked against that kind's keys and value types."""
+    keys = recipe_keys(kind)
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of {kind} arguments")
     unknown = sorted(set(data) - set(keys))
     if unknown:
-        other = [k for k, allowed in RECIPE_KINDS.items() if k != kind and set(data) <= set(allowed)]
+        other = [k for k in RECIPE_KINDS if k != kind and set(data) <= set(recipe_keys(k))]
         hint = f" (it looks like a {other[0]} recipe: run it with llmsparse {other[0]} --recipe)" if other else ""
         raise RecipeError(f"recipe {path}: unknown keys {', '.join(unknown)} for a {kind} recipe{hint}; allowed: {', '.join(keys)}")
+    try:
+        check_values(RECIPE_KINDS[kind], data, where=f"recipe {path}: ")
+    except LlmsparseError as err:
+        raise RecipeError(str(err)) from None
     return data
 
 
 def dump_recipe(recipe: dict[str, Any], kind: str = "prune") -> str:
-    return yaml.safe_dump({k: recipe[k] for k in _keys(kind) if recipe.get(k) is not None}, sort_keys=False)
+    return yaml.safe_dump({k: recipe[k] for k in recipe_keys(kind) if recipe.get(k) is not None}, sort_keys=False)

@@ -73,6 +73,27 @@ class PruneReport:
         )
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        """A few lines: the global figure, the realised sparsity per decoder layer (one line, or one line per
+        layer with a non-uniform budget), the calibration error, and where the full table is."""
+        layers = self.layer_sparsity()
+        lines = [
+            f"{self.method} {self.pattern}: global sparsity {self.global_sparsity:.4f} over {len(self.matrices)} matrices "
+            f"in {len(layers)} layers (target {self.sparsity:g}); {self.seconds.get('prune', 0):.1f} s"
+        ]
+        if self.layer_budget:
+            lines.append(self.budget_table())
+        else:
+            lines.append("sparsity per layer: " + " ".join(f"{v:.3f}" for v in layers.values()))
+        errors = [m for m in self.matrices if m.error is not None]
+        if errors:
+            worst = max(errors, key=lambda m: m.error)
+            mean = sum(m.error for m in errors) / len(errors)
+            lines.append(f"relative reconstruction error: mean {mean:.4f}, max {worst.error:.4f} ({worst.name})")
+        notes = sorted({k for m in self.matrices for k in m.notes})
+        lines.append("per-matrix table: sparsity_report.json, or --verbose" + (f" (notes: {', '.join(notes)})" if notes else ""))
+        return "\n".join(lines)
+
     def budget_table(self) -> str:
         """Per decoder layer: the budget's target, the realised sparsity (and OWL's outlier ratio)."""
         budget = self.layer_budget or {}

@@ -21,15 +21,14 @@ from llmsparse.activation import (
     sparsify_activations,
 )
 from llmsparse.activation.base import quantile_threshold, sorted_abs, weighted_sparsity
-from llmsparse.activation.chess import channel_thresholds, sorted_importance
+from llmsparse.activation.greedy import block_error, greedy_allocation, replay
 from llmsparse.activation.io import STATE_FILE
+from llmsparse.activation.methods.chess import channel_thresholds, sorted_importance
 from llmsparse.activation.report import common_sparsity, skipped_fractions
 from llmsparse.activation.runtime import counting
-from llmsparse.activation.teal import block_error, greedy_allocation, replay
 from llmsparse.cli import main
-from llmsparse.formats import CheckpointError
+from llmsparse.errors import CheckpointError, ModelError
 from llmsparse.masks import SparsityError
-from llmsparse.models import ModelError
 
 ARCHS = ["llama", "qwen2", "gemma3"]
 
@@ -498,14 +497,14 @@ def test_shipped_activation_recipes_load():
     from pathlib import Path
 
     from llmsparse import load_recipe
-    from llmsparse.activation.calibrate import check_request
-    from llmsparse.recipe import RecipeError
+    from llmsparse.activation.calibrate import SparsifySettings, check_request
+    from llmsparse.errors import RecipeError
 
     recipes = sorted((Path(__file__).parents[1] / "recipes" / "activation").glob("*.yaml"))
     assert len(recipes) >= 3
     for path in recipes:
         r = load_recipe(path, "sparsify")
-        check_request(r["method"], r["sparsity"], r.get("allocation", "uniform"), r.get("prefill", "all"), r.get("method_options"))
+        check_request(SparsifySettings(**r))
         with pytest.raises(RecipeError, match="looks like a sparsify recipe"):
             load_recipe(path)
 

@@ -6,8 +6,9 @@ from conftest import tiny_model
 
 import llmsparse
 from llmsparse.budgets import outlier_ratio, owl_sparsities
+from llmsparse.errors import UnknownNameError
+from llmsparse.layout import find_layers, get_weight, matrix_modules
 from llmsparse.masks import SparsityError
-from llmsparse.models import find_layers, get_weight, matrix_modules
 
 
 def test_outlier_ratio_brute_force():
@@ -90,7 +91,7 @@ def test_owl_refusals_change_nothing(calib_ids):
         llmsparse.prune(model, method="wanda", sparsity=0.95, calib=calib_ids, device="cpu", layer_budget="owl", owl_lambda=0.1)
     with pytest.raises(SparsityError, match="unstructured"):
         llmsparse.prune(model, method="wanda", pattern="2:4", calib=calib_ids, device="cpu", layer_budget="owl")
-    with pytest.raises(SparsityError, match="unknown layer budget"):
+    with pytest.raises(UnknownNameError, match="unknown layer budget"):
         llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu", layer_budget="owls")
     with pytest.raises(llmsparse.CalibrationDataError, match="OWL"):
         llmsparse.prune(model, method="magnitude", sparsity=0.5, device="cpu", layer_budget="owl")

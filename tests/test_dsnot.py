@@ -6,8 +6,9 @@ from conftest import tiny_model
 from test_methods import layer_problem
 
 import llmsparse
+from llmsparse.errors import UnknownNameError
 from llmsparse.masks import Pattern, select
-from llmsparse.methods import UnknownMethodError, get_method
+from llmsparse.methods import get_method
 from llmsparse.methods.dsnot import dsnot_refine, expected_error
 from llmsparse.methods.wanda import wanda_scores
 from llmsparse.stats import InputMoments
@@ -139,7 +140,7 @@ def test_skip_keeps_the_initial_mask(calib_ids):
 
 
 def test_bad_init_is_refused():
-    with pytest.raises(UnknownMethodError, match="unknown method 'obc'"):
+    with pytest.raises(UnknownNameError, match="unknown method 'obc'"):
         get_method("dsnot", init="obc")
-    with pytest.raises(UnknownMethodError, match="another method"):
+    with pytest.raises(UnknownNameError, match="another method"):
         get_method("dsnot", init="dsnot")

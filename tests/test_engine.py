@@ -6,7 +6,8 @@ from conftest import ARCHS, tiny_model
 
 import llmsparse
 from llmsparse import engine
-from llmsparse.models import ModelError, find_layers, get_weight, matrix_modules
+from llmsparse.errors import ModelError
+from llmsparse.layout import find_layers, get_weight, matrix_modules
 from llmsparse.stats import InputNorms
 
 
@@ -66,7 +67,7 @@ def test_captured_layer_inputs_reproduce_the_model(arch, calib_ids):
     with torch.no_grad():
         reference = model(calib_ids[:2], output_hidden_states=True).hidden_states
     for i, layer in enumerate(layout.layers[:-1]):
-        hidden = [engine._forward(layer, h, calls[i], torch.device("cpu")) for h in hidden]
+        hidden = [engine.forward_layer(layer, h, calls[i], torch.device("cpu")) for h in hidden]
         torch.testing.assert_close(torch.cat(hidden), reference[i + 1], rtol=1e-5, atol=1e-5)
 
 

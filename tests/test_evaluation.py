@@ -13,9 +13,9 @@ from conftest import TEST, tiny_model
 import llmsparse
 from llmsparse.card import COMPARISON_START
 from llmsparse.cli import main
+from llmsparse.errors import SweepDirError
 from llmsparse.evaluation import ClozeConfig, TaskBuildError, UnknownTaskError, build_local_tasks, evaluate, make_cloze
 from llmsparse.evaluation.compare import recovery
-from llmsparse.evaluation.sweep import SweepDirError
 from llmsparse.evaluation.tasks import cloze_passage
 
 WORDS = " ".join(f"w{i}" for i in range(40))

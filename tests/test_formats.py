@@ -10,7 +10,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import llmsparse
-from llmsparse.formats import CheckpointError, bitmask_compress, decompress, nm_compress, pack_bits, parse_format, unpack_bits
+from llmsparse.errors import CheckpointError, UnknownNameError
+from llmsparse.formats import get_format
+from llmsparse.formats.base import pack_bits, unpack_bits
+from llmsparse.formats.bitmask import bitmask_compress, decompress
+from llmsparse.formats.nm import nm_compress
 from llmsparse.masks import Pattern
 
 
@@ -39,10 +43,10 @@ def test_bitmask_and_nm_round_trip(dtype):
 
 
 def test_format_names():
-    assert parse_format("bitmask") == ("bitmask", None)
-    assert parse_format("4:8") == ("4:8", Pattern(4, 8))
-    with pytest.raises(CheckpointError, match="unknown format"):
-        parse_format("csr")
+    assert get_format("bitmask").label == "bitmask" and not hasattr(get_format("bitmask"), "pattern")
+    assert (get_format("4:8").label, get_format("4:8").pattern) == ("4:8", Pattern(4, 8))
+    with pytest.raises(UnknownNameError, match="unknown format"):
+        get_format("csr")
 
 
 def pruned(arch, pattern, calib_ids, dtype=torch.float32):
@@ -122,7 +126,7 @@ def test_bad_format_requests_write_nothing(tokenizer, tmp_path, calib_ids):
     model, report = pruned("llama", None, calib_ids)
     with pytest.raises(CheckpointError, match="not 2:4 sparse"):
         llmsparse.save_pruned(model, tokenizer, tmp_path / "a", report=report, format="2:4")
-    with pytest.raises(CheckpointError, match="unknown format"):
+    with pytest.raises(UnknownNameError, match="unknown format"):
         llmsparse.save_pruned(model, tokenizer, tmp_path / "b", report=report, format="csr")
     gpt2, gpt2_report = pruned("gpt2", "2:4", calib_ids)
     with pytest.raises(CheckpointError, match="not one"):

@@ -10,7 +10,8 @@ from test_cli import prune_args
 import llmsparse
 from llmsparse.card import hub_id, model_card
 from llmsparse.cli import main
-from llmsparse.hub import PushError, push
+from llmsparse.errors import PushError
+from llmsparse.hub import push
 
 
 class FakeApi:

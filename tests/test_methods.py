@@ -5,10 +5,11 @@ import logging
 import pytest
 import torch
 
+from llmsparse.errors import HessianError, UnknownNameError
 from llmsparse.masks import Pattern, SparsityError
-from llmsparse.methods import UnknownMethodError, get_method
+from llmsparse.methods import get_method
 from llmsparse.methods.magnitude import magnitude_mask
-from llmsparse.methods.sparsegpt import HessianError, inverse_hessian_factor, reconstruction_error, sparsegpt_prune
+from llmsparse.methods.sparsegpt import inverse_hessian_factor, reconstruction_error, sparsegpt_prune
 from llmsparse.methods.wanda import wanda_mask, wanda_scores
 from llmsparse.stats import Hessian, InputNorms
 
@@ -174,9 +175,9 @@ def test_hessian_retry_grows_damping_and_reports(caplog):
 
 
 def test_unknown_method_and_option():
-    with pytest.raises(UnknownMethodError, match="available"):
+    with pytest.raises(UnknownNameError, match="available"):
         get_method("obc")
-    with pytest.raises(UnknownMethodError, match="blocksize"):
+    with pytest.raises(UnknownNameError, match="blocksize"):
         get_method("sparsegpt", block=3)
 
 

@@ -1,14 +1,19 @@
-"""The interface every activation sparsifier implements, and the calibration data it receives."""
+"""The interface every activation sparsifier implements, the calibration data it receives, and their registry.
+
+A method is a module of pure functions plus an :class:`ActivationMethod` subclass with a ``name``
+and a ``Config`` dataclass, decorated with :func:`register`; the API, the CLI (``--<name>-<option>``
+flags), recipes and ``llmsparse methods`` find it by name.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..masks import SparsityError
+from ..errors import SparsityError
+from ..registry import Registry
 from .runtime import Site
 from .sites import Block
 
@@ -38,12 +43,8 @@ class ActivationMethod:
     allocations: ClassVar[tuple[str, ...]] = ("uniform", "greedy")
     paper_definition: ClassVar[str] = "parameter-weighted fraction of block-Linear inputs zeroed (target)"
 
-    def __init__(self, **options):
-        names = {f.name for f in dataclasses.fields(self.Config)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for {self.name}; it takes {', '.join(sorted(names)) or 'none'}")
-        self.config = self.Config(**options)
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.Config()
 
     def needs_calibration(self, allocation: str) -> bool:
         return True
@@ -94,3 +95,13 @@ def quantile_threshold(sorted_values: torch.Tensor, sparsity: float) -> torch.Te
     if k == 0:
         return torch.zeros((), dtype=torch.float32)
     return sorted_values[k - 1].float().cpu().clone()
+
+
+#: Activation sparsity methods by name.
+ACTIVATION_METHODS: Registry[ActivationMethod] = Registry("activation sparsity method")
+register = ACTIVATION_METHODS.register
+
+
+def get_activation_method(name: str, **options) -> ActivationMethod:
+    """An activation sparsifier by name, configured with ``options``."""
+    return ACTIVATION_METHODS.create(name, **options)

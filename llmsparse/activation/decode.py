@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
+
+from ..settings import Settings, setting
+
+
+@dataclass
+class GenerateSettings(Settings):
+    """What ``llmsparse generate`` generates."""
+
+    prompt: str = setting(dataclasses.MISSING, "prompt text")
+    max_new_tokens: int = setting(64, "tokens to generate (EOS does not stop it)")
+    sparse_decode: bool = setting(False, "skip the weight rows of zeroed inputs when decoding (activation-sparse models)")
 
 
 @dataclass

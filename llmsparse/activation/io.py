@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..formats import CheckpointError
+from ..errors import CheckpointError
 from .runtime import Site, attach, settings_of, sites_of
 from .sites import find_blocks
 

@@ -13,13 +13,11 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import KernelBuildError
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "sparse_gemv.cpp"
-
-
-class KernelBuildError(RuntimeError):
-    """The C++ sparse decode kernel could not be compiled or loaded."""
 
 
 @lru_cache(maxsize=1)

@@ -7,7 +7,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sites import Block
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import EvaluationError, SettingsError
+from ..text import eval_text
+from .runtime import counting, settings_of, sites_of
+from .sites import Block, find_blocks
 
 
 def skipped_fractions(block: Block, zeros: dict[str, float]) -> dict[str, float]:
@@ -70,8 +77,48 @@ class ActivationReport:
             lines.append(f"{i:>5}  " + "  ".join(f"{layer[r]:>6.3f}" if r in layer else f"{'-':>6}" for r in roles))
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        """The table is already one line per layer: the summary is the table."""
+        return self.table()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+@torch.no_grad()
+def measure_activation_sparsity(model: nn.Module, tokenizer, source: str, seqlen: int = 1024, windows: int = 4) -> dict:
+    """The common figure on evaluation text: parameter-weighted fraction of block-Linear weights skipped per token.
+
+    Runs ``windows`` windows of ``seqlen`` tokens from ``source`` through the model as it is
+    configured (including its prefill convention) and counts the zeroed entries at every site.
+    """
+    if settings_of(model) is None:
+        raise SettingsError("the model has no activation sparsity attached (run sparsify_activations or load a sparsified model)")
+    ids = tokenizer(eval_text(source), return_tensors="pt").input_ids[0]
+    count = min(windows, ids.numel() // seqlen)
+    if count < 1:
+        raise EvaluationError(f"{source} has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    device = next(model.parameters()).device
+    names = {name: site.role for name, site in sites_of(model).items()}
+    with counting(model) as counts:
+        for w in tqdm(range(count), desc="measuring activation sparsity", leave=False):
+            model(ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device), use_cache=False)
+    blocks = find_blocks(model)
+    per_block, by_role = [], {}
+    for block in blocks:
+        members = {block.names.get(r) or block.act_name: r for r in [*block.linears, "act"]}
+        zeros = {names[n]: counts[n][0] / counts[n][1] for n in members if n in counts and counts[n][1]}
+        per_block.append(skipped_fractions(block, zeros))
+        for role, frac in zeros.items():
+            by_role.setdefault(role, []).append(frac)
+    return {
+        "overall": common_sparsity(blocks, per_block),
+        "by_role": {role: sum(v) / len(v) for role, v in by_role.items()},
+        "source": str(source),
+        "seqlen": seqlen,
+        "windows": count,
+        "tokens": count * seqlen,
+    }

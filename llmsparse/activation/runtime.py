@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import check_choice
 from . import kernel as _kernel
 
 PREFILL = ("all", "none", "last-half")
@@ -178,8 +179,7 @@ def settings_of(model: nn.Module) -> dict | None:
 
 def set_prefill(model: nn.Module, prefill: str) -> None:
     """Change the prefill convention (``all``, ``none``, ``last-half``) of every site."""
-    if prefill not in PREFILL:
-        raise ValueError(f"prefill must be one of {', '.join(PREFILL)}, got {prefill!r}")
+    check_choice("prefill", prefill, PREFILL)
     for site in sites_of(model).values():
         site.prefill = prefill
     if settings_of(model) is not None:
@@ -196,8 +196,7 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
     result up to float summation order. Call it after moving the model to its device. Returns the
     number of Linears switched.
     """
-    if kernel not in ("auto", "cpp", "torch"):
-        raise ValueError(f"kernel must be auto, cpp or torch, got {kernel!r}")
+    check_choice("kernel", kernel, ("auto", "cpp", "torch"))
     if kernel == "auto":
         kernel = "cpp" if _kernel.available() else "torch"
     elif kernel == "cpp":

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..models import ModelError, find_layers
+from ..errors import ModelError
+from ..layout import architecture, find_layers
 
 #: Module-name suffixes of each role (Llama/Mistral/Qwen/Gemma/Phi-3 names first, then OPT's).
 ROLE_NAMES = {
@@ -63,7 +64,7 @@ def _role(name: str) -> str | None:
 def find_blocks(model: nn.Module) -> list[Block]:
     """One :class:`Block` per decoder layer; :class:`ModelError` when the attention or MLP projections are not found."""
     layout = find_layers(model)
-    arch = (getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])[0]
+    arch = architecture(model)
     blocks, acts = [], set()
     for i, layer in enumerate(layout.layers):
         prefix = layout.layer_name(i)

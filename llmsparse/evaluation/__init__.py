@@ -1,8 +1,9 @@
 """Evaluation: perplexity with the papers' protocol, lm-eval tasks (local ones too), comparisons and sweeps."""
 
-from .harness import TaskResults, UnknownTaskError, evaluate
-from .ppl import EvaluationError, PerplexityResult, perplexity
-from .tasks import ClozeConfig, TaskBuildError, build_local_tasks, make_cloze
+from ..errors import EvaluationError, TaskBuildError, UnknownTaskError
+from .harness import TaskResults, evaluate
+from .ppl import PerplexityResult, perplexity
+from .tasks import ClozeConfig, build_local_tasks, make_cloze
 
 __all__ = [
     "ClozeConfig",

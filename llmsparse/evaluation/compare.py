@@ -8,39 +8,63 @@ and ``comparison.md``; :func:`llmsparse.card.update_card` puts the table into a 
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .harness import TaskResults, evaluate
-from .ppl import PerplexityResult, perplexity
+from ..errors import EvaluationError
+from ..layout import get_weight, resolve_device, target_weights
+from ..models import check_source, load_model
+from ..settings import Settings, setting
+from .harness import TaskResults, check_tasks, evaluate, task_manager
+from .ppl import PerplexityResult, perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting
 
 JSON_FILE = "comparison.json"
 MARKDOWN_FILE = "comparison.md"
 
 
-@dataclass
-class EvalSettings:
-    """What every compared model is evaluated on (one object, so all rows share it)."""
+def comma_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
-    tasks: list[str] = field(default_factory=list)
-    limit: int | float | None = None
-    num_fewshot: int | None = None
-    batch_size: int | str = 1
-    include_path: list[str] = field(default_factory=list)
-    max_length: int | None = None
-    ppl: str | None = None  # text file or 'wikitext2' for llmsparse's perplexity protocol
-    ppl_seqlen: int = 1024
-    ppl_windows: int | None = None
-    seed: int = 0
+
+def limit_value(text: str) -> int | float:
+    """A document count, or a fraction below 1."""
+    number = float(text)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"--limit must be positive, not {text}")
+    return number if number < 1 else int(number)
+
+
+def batch_size_value(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+@dataclass
+class EvalSettings(Settings):
+    """What every compared model is evaluated on (one object, so all rows share it); also the evaluation flags."""
+
+    tasks: list[str] = setting([], "comma-separated lm-eval tasks, e.g. hellaswag,arc_easy or local ones (see --include-path)", parse=comma_list)
+    limit: int | float | None = setting(None, "documents per task (an integer, or a fraction below 1)", parse=limit_value)
+    num_fewshot: int | None = setting(None, "few-shot examples (default: the task's)")
+    batch_size: int | str = setting(1, "lm-eval batch size, or 'auto'", parse=batch_size_value)
+    include_path: list[str] = setting(
+        [], "directory of extra task YAMLs (repeatable), e.g. from eval/build_tasks.py", action="append", metavar="DIR"
+    )
+    max_length: int | None = setting(None, "lm-eval context window in tokens (default: lm-eval's choice from the model config)")
+    ppl: str | None = ppl_setting()
+    ppl_seqlen: int = ppl_seqlen_setting()
+    ppl_windows: int | None = ppl_windows_setting()
+    seed: int = setting(0, "seed of lm-eval's sampling and few-shot choice", cli=False)
 
     def check(self) -> None:
         if not self.tasks and not self.ppl:
-            raise ValueError("nothing to evaluate: give tasks, a perplexity text, or both")
+            raise EvaluationError("nothing to evaluate: give tasks, a perplexity text, or both")
 
 
 @dataclass
@@ -81,15 +105,11 @@ def recovery(base: float, value: float, higher_is_better: bool) -> float | None:
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exact zeros over the decoder blocks' matrices (what pruning changes)."""
-    from ..pruning import select_targets
-    from ..models import get_weight
-
     zeros = total = 0
-    for matrices in select_targets(model).values():
-        for module in matrices.values():
-            w = get_weight(module)
-            zeros += int((w == 0).sum())
-            total += w.numel()
+    for module in target_weights(model).values():
+        w = get_weight(module)
+        zeros += int((w == 0).sum())
+        total += w.numel()
     return zeros / total
 
 
@@ -163,16 +183,12 @@ def compare(
 
     Every path is checked before the first (slow) load, so a typo fails at once.
     """
-    from ..models import check_source, load_model
-    from ..pruning import resolve_device
-    from .harness import check_tasks, task_manager
-
     settings.check()
     if len(models) < 2:
-        raise ValueError("compare needs a baseline and at least one other model")
+        raise EvaluationError("compare needs a baseline and at least one other model")
     labels = labels or models
     if len(labels) != len(models):
-        raise ValueError(f"{len(labels)} labels for {len(models)} models")
+        raise EvaluationError(f"{len(labels)} labels for {len(models)} models")
     for source in models:
         check_source(source)
     if settings.tasks:

@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-class UnknownTaskError(ValueError):
-    """A task name lm-eval does not know (with the include paths given)."""
+from ..errors import UnknownTaskError
 
 
 @dataclass

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..calibration import read_text
+from ..errors import EvaluationError
+from ..settings import setting
+from ..text import eval_text
 
 
-class EvaluationError(ValueError):
-    """Evaluation data is missing or too short."""
+def ppl_setting(help: str = "perplexity on a text file (non-empty lines are documents) or 'wikitext2'"):
+    return setting(None, help, metavar="TEXT")
+
+
+def ppl_seqlen_setting():
+    return setting(1024, "perplexity window length")
+
+
+def ppl_windows_setting():
+    return setting(None, "perplexity windows from the start (default: all)")
 
 
 @dataclass
@@ -32,23 +41,6 @@ class PerplexityResult:
 
     def __str__(self) -> str:
         return f"ppl {self.ppl:.3f} on {self.source} (seqlen {self.seqlen}, {self.windows} windows, {self.tokens} tokens)"
-
-
-def eval_text(source: str) -> str:
-    """Evaluation text: ``wikitext2`` (Hub test split) or a local file whose non-empty lines are documents."""
-    path = Path(source)
-    if path.is_file():
-        if path.suffix in (".jsonl", ".parquet"):
-            return read_text(path)
-        return "\n\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    if source == "wikitext2":
-        try:
-            from datasets import load_dataset
-
-            return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
-        except Exception as err:
-            raise EvaluationError(f"could not load the wikitext2 test split from the Hub: {err}") from err
-    raise EvaluationError(f"evaluation text {source!r} is neither a file nor 'wikitext2'")
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ run (each distinct command is recorded). A directory holding a run with other se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,36 +17,58 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from ..budgets import BUDGETS
+from ..calibration import calib_setting, check_calib, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
+from ..errors import SettingsError, SweepDirError
+from ..layout import resolve_device
 from ..masks import resolve_target
 from ..methods import get_method
-from .compare import EvalSettings, ModelEval, evaluate_model, recovery
+from ..models import check_source, load_model
+from ..pruning import prune
+from ..settings import Settings, setting
+from .compare import EvalSettings, ModelEval, comma_list, evaluate_model, recovery
+from .harness import check_tasks, task_manager
 
 JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "sweep.json", "sweep.md", "sweep.png"
 
 
-class SweepDirError(ValueError):
-    """The output directory holds something other than this sweep."""
-
-
 @dataclass
-class SweepSpec:
+class SweepSpec(Settings):
     """What identifies a sweep run; the points (methods x sparsities) can grow between runs."""
 
-    model: str
-    calib: str | None = None
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    calib_field: str = "text"
-    layer_budget: str = "uniform"
-    method_options: dict[str, dict] = field(default_factory=dict)  # per method name
-    dtype: str = "auto"
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    model: str = setting(dataclasses.MISSING, "the model to sweep", positional=True)
+    calib: str | None = calib_setting()
+    nsamples: int = nsamples_setting(128)
+    seqlen: int = seqlen_setting(2048)
+    seed: int = seed_setting()
+    calib_field: str = text_field_setting()
+    layer_budget: str = setting("uniform", "how sparsity is spread over decoder layers: uniform or owl", choices=BUDGETS)
+    method_options: dict[str, dict] = setting({}, "options per method name", cli=False)
+    dtype: str = setting("auto", "weight dtype to load")
+    evaluation: EvalSettings = field(default_factory=EvalSettings, metadata={"cli": False})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in comma_list(text)]
+    except ValueError:
+        raise SettingsError(f"sparsities must be comma-separated numbers, got {text!r}") from None
+
+
+@dataclass
+class SweepPoints(Settings):
+    """Which points a sweep runs (they may grow between runs) and where it writes."""
+
+    output: str = setting(dataclasses.MISSING, "sweep directory (sweep.json, sweep.md, sweep.png); re-run to resume")
+    methods: list[str] = setting(["wanda"], "comma-separated pruning methods", parse=comma_list)
+    sparsities: list[float] = setting([], "comma-separated unstructured sparsities, e.g. 0.3,0.5,0.6,0.7", parse=float_list)
+    pattern: str | None = setting(None, "also prune each method with this N:M pattern, e.g. 2:4")
 
 
 def points(methods: list[str], sparsities: list[float], pattern: str | None) -> list[tuple[str, float, str]]:
@@ -60,7 +83,7 @@ def points(methods: list[str], sparsities: list[float], pattern: str | None) -> 
             sparsity, pat = resolve_target(None, pattern)
             out.append((method, sparsity, str(pat)))
     if not out:
-        raise ValueError("no sweep points: give sparsities, an N:M pattern, or both")
+        raise SettingsError("no sweep points: give sparsities, an N:M pattern, or both")
     return out
 
 
@@ -184,13 +207,6 @@ def sweep(
     command: str | None = None,
 ) -> dict:
     """Run (or resume) a sweep into ``output``; returns the run record (also in ``sweep.json``)."""
-    import torch
-
-    from ..calibration import check_calib
-    from ..models import check_source, load_model
-    from ..pruning import prune, resolve_device
-    from .harness import check_tasks, task_manager
-
     spec.evaluation.check()
     todo = points(methods, sparsities, pattern)
     calibrated = [m for m in methods if get_method(m).needs_calibration]

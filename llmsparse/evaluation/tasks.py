@@ -2,10 +2,12 @@
 
 :func:`build_local_tasks` writes, into one directory that lm-eval reads through ``include_path``:
 
-- ``NAME_ppl``: rolling log-likelihood over the text (one document: the file's non-empty lines
-  joined by blank lines, as :func:`llmsparse.perplexity` joins them), reporting word/byte
-  perplexity and bits per byte; :func:`llmsparse.evaluate` adds token perplexity.
-- ``NAME_cloze``: last-word prediction in the LAMBADA style. A passage is a paragraph cut after a
+- ``NAME_ppl``: rolling log-likelihood over the text (one document: for a file with one paragraph
+  per line, its non-empty lines joined by blank lines, as :func:`llmsparse.perplexity` joins them;
+  for other shapes, the joined paragraphs, see :mod:`.passages`), reporting word/byte perplexity and
+  bits per byte; :func:`llmsparse.evaluate` adds token perplexity.
+- ``NAME_cloze``: last-word prediction in the LAMBADA style. A passage (a paragraph, or a window of
+  words for text of short lines; :mod:`.passages` says how the shape is told) is cut after a
   sentence end; the target is the sentence's last word, the context everything before it. Metrics:
   ``acc`` (the greedy continuation is exactly the word) and ``perplexity`` of the word.
 - ``NAME_cloze_mc``: the same passages with the word among ``choices`` candidates (the true one and
@@ -25,12 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import TaskBuildError  # its message says what the text lacks and what to change
+from .passages import MODES, Passages, ppl_document, split_passages
+
 SENTENCE_END = (".", "!", "?")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-class TaskBuildError(ValueError):
-    """The text cannot give the requested tasks (missing, too short, bad name)."""
 
 
 @dataclass
@@ -42,16 +43,6 @@ class ClozeConfig:
     max_words: int = 150  # and at most (the passage ends at the last sentence end within this)
     choices: int = 4  # candidates per passage in the multiple-choice variant
     seed: int = 0
-
-
-def paragraphs(text: str) -> list[str]:
-    """Non-empty lines that are not WikiText-style headings (``= Title =``)."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not (line.startswith("=") and line.endswith("=")):
-            out.append(line)
-    return out
 
 
 def cloze_passage(paragraph: str, min_words: int, max_words: int) -> tuple[str, str] | None:
@@ -71,15 +62,37 @@ def cloze_passage(paragraph: str, min_words: int, max_words: int) -> tuple[str, 
     return None
 
 
-def make_cloze(text: str, config: ClozeConfig = ClozeConfig()) -> list[dict]:
-    """Cloze examples ``{context, target, choices, label}`` from plain text (deterministic in ``seed``)."""
-    passages = [p for p in (cloze_passage(par, config.min_words, config.max_words) for par in paragraphs(text)) if p]
+def _split(text: str, passages: str, config: ClozeConfig) -> Passages:
+    """The text's passages; a window holds one cloze of at most ``max_words`` context words."""
+    if passages not in ("auto", *MODES):
+        raise TaskBuildError(f"passages {passages!r} must be auto, {', '.join(MODES)}")
+    return split_passages(text, passages, config.max_words + 1)
+
+
+def _remedy(split: Passages) -> str:
+    """What to change when too few passages hold a cloze (windows run across paragraph ends, so
+    short paragraphs do not limit them; only the text's length and sentence ends do)."""
+    if split.mode == "window":
+        return "use a longer text or lower --min-words"
+    return "lower --min-words or use --passages window"
+
+
+def cloze_examples(split: Passages, config: ClozeConfig) -> tuple[list[dict], int]:
+    """``(examples, usable)``: cloze examples ``{context, target, choices, label}`` sampled with
+    ``seed`` from the passages that hold one, and how many do."""
+    passages = [p for p in (cloze_passage(text, config.min_words, config.max_words) for text in split.texts) if p]
+    found = f"{len(passages)} of {len(split.texts)} passages ({split.mode}) have a sentence end after >= {config.min_words} context words"
+    if not passages:
+        raise TaskBuildError(f"no cloze passage: {found}; {_remedy(split)}")
+    usable = len(passages)
     rng = random.Random(config.seed)
     if len(passages) > config.examples:
         passages = [passages[i] for i in sorted(rng.sample(range(len(passages)), config.examples))]
     targets = sorted({t for _, t in passages})
-    if len({t.lower() for t in targets}) < config.choices:
-        raise TaskBuildError(f"only {len(targets)} distinct target words; {config.choices} choices need at least that many")
+    distinct = len({t.lower() for t in targets})
+    if distinct < config.choices:  # distractors are the other kept passages' targets
+        lack = f"among {len(passages)} sampled passages; raise --examples" if usable > len(passages) else f"{found}; {_remedy(split)},"
+        raise TaskBuildError(f"only {distinct} distinct target words for {config.choices} choices: {lack} or lower --choices")
     examples = []
     for context, target in passages:
         others = set()
@@ -90,7 +103,33 @@ def make_cloze(text: str, config: ClozeConfig = ClozeConfig()) -> list[dict]:
         choices = sorted(others) + [target]
         rng.shuffle(choices)
         examples.append({"context": context, "target": target, "choices": choices, "label": choices.index(target)})
-    return examples
+    return examples, usable
+
+
+def make_cloze(text: str, config: ClozeConfig = ClozeConfig(), passages: str = "auto") -> list[dict]:
+    """Cloze examples from plain text read as ``passages`` (see :mod:`.passages`); deterministic in ``seed``."""
+    return cloze_examples(_split(text, passages, config), config)[0]
+
+
+@dataclass
+class LocalTasks:
+    """What :func:`build_local_tasks` wrote, and how it read the text; ``str()`` is a summary."""
+
+    names: list[str]
+    mode: str  # the passage shape: lines, blocks or window
+    reason: str  # why that shape
+    passages: int  # passages the text gave
+    usable: int  # those that hold a cloze (a sentence end after min_words context words)
+    examples: int  # cloze examples written: all usable passages up to ``asked``
+    asked: int  # ClozeConfig.examples
+    document_chars: int  # characters of the perplexity document
+
+    def __str__(self) -> str:
+        return (
+            f"passages: {self.mode} ({self.reason})\n"
+            f"{self.passages} passages, {self.usable} usable for cloze, {self.examples} examples written ({self.asked} asked); "
+            f"perplexity document of {self.document_chars} characters"
+        )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -110,38 +149,39 @@ def _task(name: str, tag: str, data: Path, **spec) -> dict:
 
 
 def build_local_tasks(
-    text_file: str | Path, name: str, out_dir: str | Path, cloze: ClozeConfig = ClozeConfig(), ppl_chars: int | None = None
-) -> list[str]:
+    text_file: str | Path,
+    name: str,
+    out_dir: str | Path,
+    cloze: ClozeConfig = ClozeConfig(),
+    ppl_chars: int | None = None,
+    passages: str = "auto",
+) -> LocalTasks:
     """Write ``NAME_ppl``, ``NAME_cloze`` and ``NAME_cloze_mc`` for ``text_file`` into ``out_dir``.
 
-    ``ppl_chars`` keeps only the first paragraphs up to that many characters for the perplexity
-    document (rolling perplexity over a whole corpus is slow on CPU). Returns the task names.
+    ``passages`` is the text's shape (``auto``, ``lines``, ``blocks`` or ``window``, see
+    :mod:`.passages`). ``ppl_chars`` keeps only the start of the perplexity document, up to that many
+    characters at a line end (rolling perplexity over a whole corpus is slow on CPU). Returns the
+    task names with the shape and passage counts; nothing is written when the text cannot give the
+    tasks (:class:`TaskBuildError`).
     """
     path = Path(text_file)
     if not NAME_RE.match(name):
         raise TaskBuildError(f"task name {name!r} must start with a letter and hold only letters, digits and _")
     if not path.is_file():
         raise TaskBuildError(f"text file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if ppl_chars is not None:
-        kept, size = [], 0
-        for line in lines:
-            if kept and size + len(line) > ppl_chars:
-                break
-            kept.append(line)
-            size += len(line) + 2
-        lines = kept
-    if not lines:
+    split = _split(path.read_text(encoding="utf-8"), passages, cloze)
+    if not any(line.strip() for line in split.lines):
         raise TaskBuildError(f"{path} holds no text")
-    examples = make_cloze(text, cloze)
-    if not examples:
-        raise TaskBuildError(f"{path}: no paragraph has a sentence end after {cloze.min_words} words, so no cloze passage")
+    try:
+        examples, usable = cloze_examples(split, cloze)
+    except TaskBuildError as err:
+        raise TaskBuildError(f"{path}: {err}") from None
+    document = ppl_document(split, ppl_chars)
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ppl_data, cloze_data = out / f"{name}_ppl.jsonl", out / f"{name}_cloze.jsonl"
-    _write_jsonl(ppl_data, [{"text": "\n\n".join(lines)}])
+    _write_jsonl(ppl_data, [{"text": document}])
     _write_jsonl(cloze_data, examples)
     metric = lambda m, agg=None, hib=True: {"metric": m, **({"aggregation": agg} if agg else {}), "higher_is_better": hib}  # noqa: E731
     specs = {
@@ -181,4 +221,4 @@ def build_local_tasks(
     }
     for task, spec in specs.items():
         (out / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return list(specs)
+    return LocalTasks(list(specs), split.mode, split.reason, len(split.texts), usable, len(examples), cloze.examples, len(document))

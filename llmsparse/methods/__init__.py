@@ -1,38 +1,14 @@
-"""Registry of pruning methods: the CLI, YAML recipes and the Python API all look methods up here by name."""
+"""Pruning methods, one module each, registered by name: the CLI, YAML recipes and the Python API look them up here.
+
+Every module of this package is imported on first use of the package, so a new method is one
+new file (see :mod:`llmsparse.methods.base` for the contract).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+from ..registry import import_submodules
+from .base import METHODS, Method, PruneResult, get_method, register
 
-from .base import Method, PruneResult
+import_submodules(__name__, __path__)
 
-METHODS: dict[str, type[Method]] = {}
-
-
-class UnknownMethodError(ValueError):
-    """A method name or option that is not registered."""
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a :class:`Method` available under ``cls.name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str, **options) -> Method:
-    """Instantiate the method ``name`` with config ``options`` (unknown names and options raise)."""
-    if name not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise UnknownMethodError(
-            f"method {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields)) or 'none'}"
-        )
-    return cls(cls.Config(**options))
-
-
-from . import dsnot, magnitude, sparsegpt, wanda  # noqa: E402,F401  (registration side effect)
-
-__all__ = ["METHODS", "Method", "PruneResult", "UnknownMethodError", "get_method", "register"]
+__all__ = ["METHODS", "Method", "PruneResult", "get_method", "register"]

@@ -3,7 +3,8 @@
 A method is a small module of pure tensor functions (scores, masks, updates) plus a subclass
 of :class:`Method` that adapts them to the engine: which input statistics it needs per matrix
 (:meth:`Method.new_stats`) and how one ``[out, in]`` matrix is pruned from them (:meth:`Method.prune`).
-Options live in a dataclass (``Method.Config``) whose defaults follow the paper.
+Options live in a dataclass (``Method.Config``) whose defaults follow the paper. Decorating the
+class with :func:`register` makes it available by name everywhere (API, CLI, recipes, listings).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..masks import Pattern
+from ..registry import Registry
 
 
 @dataclass
@@ -53,3 +55,13 @@ class Method:
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+#: Pruning methods by name.
+METHODS: Registry[Method] = Registry("method")
+register = METHODS.register
+
+
+def get_method(name: str, **options) -> Method:
+    """Instantiate the method ``name`` with config ``options`` (unknown names and options raise ``UnknownNameError``)."""
+    return METHODS.create(name, **options)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import masks
+from ..errors import UnknownNameError
 from ..masks import Pattern
 from ..stats import InputMoments
-from . import UnknownMethodError, get_method, register
-from .base import Method, PruneResult
+from .base import Method, PruneResult, get_method, register
 from .wanda import wanda_scores
 
 
@@ -109,7 +109,10 @@ class DSnoTStats:
 class DSnoTConfig:
     init: str = field(
         default="wanda",
-        metadata={"help": "method whose saliency score gives the initial per-row mask (wanda, sparsegpt, magnitude); no weight update"},
+        metadata={
+            "help": "method whose saliency score gives the initial per-row mask (wanda, sparsegpt, magnitude); no weight update",
+            "alias": "--init",
+        },
     )
     max_cycle_time: int = field(default=50, metadata={"help": "most swap cycles per matrix"})
     update_threshold: float = field(default=0.1, metadata={"help": "a row stops swapping once its |expected error| is at most this"})
@@ -128,13 +131,13 @@ class DSnoT(Method):
     def __init__(self, config: DSnoTConfig | None = None):
         super().__init__(config)
         if self.config.init == self.name:
-            raise UnknownMethodError("dsnot init must be another method (wanda, sparsegpt, magnitude), not dsnot")
+            raise UnknownNameError("dsnot init must be another method (wanda, sparsegpt, magnitude), not dsnot")
         try:
             self.initial = get_method(self.config.init)
-        except UnknownMethodError as err:
-            raise UnknownMethodError(f"dsnot init: {err}") from None
+        except UnknownNameError as err:
+            raise UnknownNameError(f"dsnot init: {err}") from None
         if type(self.initial).scores is Method.scores:
-            raise UnknownMethodError(f"dsnot init: method {self.config.init!r} has no per-weight score to start from")
+            raise UnknownNameError(f"dsnot init: method {self.config.init!r} has no per-weight score to start from")
 
     def check(self, pattern):
         self.initial.check(pattern)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import masks
+from ..errors import check_choice
 from ..masks import Pattern
-from . import register
-from .base import Method, PruneResult
+from .base import Method, PruneResult, register
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, per_row: bool = False) -> torch.Tensor:
@@ -25,8 +25,7 @@ class MagnitudeConfig:
     )
 
     def __post_init__(self):
-        if self.scope not in ("matrix", "row"):
-            raise ValueError(f"magnitude scope must be 'matrix' or 'row', got {self.scope!r}")
+        check_choice("magnitude scope", self.scope, ("matrix", "row"))
 
 
 @register

@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import masks
+from ..errors import HessianError
 from ..masks import Pattern
 from ..stats import Hessian
-from . import register
-from .base import Method, PruneResult
+from .base import Method, PruneResult, register
 
 log = logging.getLogger(__name__)
-
-
-class HessianError(RuntimeError):
-    """The Hessian could not be factored even with the largest dampening tried."""
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float, tries: int = 6, growth: float = 10.0):

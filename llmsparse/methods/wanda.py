@@ -15,8 +15,7 @@ import torch
 from .. import masks
 from ..masks import Pattern
 from ..stats import InputNorms
-from . import register
-from .base import Method, PruneResult
+from .base import Method, PruneResult, register
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..masks import pruned_count
-from .base import ActivationMethod, Captured, check_sparsity, quantile_threshold
-from .runtime import Site
-from .sites import Block
+from ...errors import check_choice
+from ...masks import pruned_count
+from ..base import ActivationMethod, Captured, check_sparsity, quantile_threshold, register
+from ..runtime import Site
+from ..sites import Block
 
 MODES = ("topk", "threshold")
 
@@ -35,10 +36,10 @@ class WINAConfig:
     mode: str = field(default="topk", metadata={"help": "topk (per token, the paper's) or threshold (calibrated per projection)"})
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"wina mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_choice("wina mode", self.mode, MODES)
 
 
+@register
 class WINA(ActivationMethod):
     name = "wina"
     Config = WINAConfig

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import ModelError
-from .base import ActivationMethod, Captured, quantile_threshold, sorted_abs
-from .runtime import Site
-from .sites import Block
+from ...errors import ModelError
+from ..base import ActivationMethod, Captured, quantile_threshold, register, sorted_abs
+from ..runtime import Site
+from ..sites import Block
 
 
 def sorted_importance(act: torch.Tensor, up_abs_mean: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,7 @@ class CHESSConfig:
     """CHESS has no options beyond sparsity."""
 
 
+@register
 class CHESS(ActivationMethod):
     name = "chess"
     Config = CHESSConfig

@@ -1,21 +1,18 @@
-"""TEAL (Liu et al. 2024): magnitude thresholds on the inputs of every block Linear.
+"""TEAL's greedy block-wise allocation (Liu et al. 2024), for any activation method that supports it.
 
-Pure functions: thresholds are exact quantiles of ``|x|`` per projection (the reference's
-signed-histogram shortcut assumes symmetry); :func:`greedy_allocation` is TEAL's block-wise search
-and :func:`block_error` the error it minimises.
+:func:`greedy_allocation` raises, one step at a time, the sparsity of the one projection whose
+increase adds the least block-output error (:func:`block_error`) until the block's
+parameter-weighted sparsity reaches the target; :func:`replay` reuses a recorded search.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from ..masks import SparsityError
-from .base import ActivationMethod, Captured, check_sparsity, quantile_threshold, sorted_abs
-from .runtime import Site
-from .sites import Block
+from ..errors import SparsityError, check_choice
+from .base import check_sparsity
 
 #: Block-output errors the greedy search can minimise (see :func:`block_error`).
 GREEDY_ERRORS = ("relative", "mse", "reference")
@@ -25,8 +22,7 @@ REFERENCE_LAST_FRACTION = 0.25
 
 def check_greedy_error(kind: str) -> None:
     """Refuse an unknown block-error name before any work."""
-    if kind not in GREEDY_ERRORS:
-        raise ValueError(f"greedy error must be one of {', '.join(GREEDY_ERRORS)}, got {kind!r}")
+    check_choice("greedy error", kind, GREEDY_ERRORS)
 
 
 def block_error(out: torch.Tensor, dense: torch.Tensor, kind: str = "relative") -> float:
@@ -108,24 +104,3 @@ def replay(path: list[tuple[str, float]], weights: dict[str, float], target: flo
     if skipped < target * total - 1e-9:
         raise SparsityError(f"the recorded search stops at {skipped / total:.4f}, below the target {target}")
     return current
-
-
-@dataclass
-class TEALConfig:
-    """TEAL has no options beyond sparsity and allocation."""
-
-
-class TEAL(ActivationMethod):
-    name = "teal"
-    Config = TEALConfig
-    paper_definition = "model-wide: parameter-weighted over the block Linears (TEAL)"
-
-    def prepare(self, block: Block, captured: Captured) -> dict:
-        by_tensor: dict[int, object] = {}
-        for x in captured.inputs.values():
-            if id(x) not in by_tensor:
-                by_tensor[id(x)] = sorted_abs(x)
-        return {role: by_tensor[id(x)] for role, x in captured.inputs.items()}
-
-    def sites(self, block: Block, prepared: dict, sparsities: dict[str, float]) -> dict[str, Site]:
-        return {block.names[role]: Site(role, s, threshold=quantile_threshold(prepared[role], s)) for role, s in sparsities.items()}

@@ -1,0 +1,44 @@
+"""``llmsparse compare``: dense vs sparse, several models on the same tasks, one table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..card import update_card
+from ..evaluation.compare import EvalSettings, comma_list, compare
+from ..export import METADATA_FILE
+from ..models import LoadSettings
+from . import flags
+
+HELP = "dense vs sparse: several models on the same tasks, one table"
+DESCRIPTION = "Evaluate several models on the same tasks and perplexity; the first is the baseline. Saves comparison.json and comparison.md."
+
+
+def add(parser: argparse.ArgumentParser) -> None:
+    seen: set[str] = set()
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="baseline first, then the models to compare with it")
+    parser.add_argument("--labels", type=comma_list, help="comma-separated row labels, one per model (default: the paths)")
+    flags.add_settings(parser, LoadSettings, seen, "model loading")
+    flags.add_settings(parser, flags.Compute, seen)
+    flags.add_settings(parser, EvalSettings, seen, "evaluation (perplexity and/or lm-eval tasks)")
+    parser.add_argument("--output", help="directory for comparison.json and comparison.md")
+    parser.add_argument("--update-card", action="store_true", help="put the table into the model card (README.md) of every compared llmsparse directory")
+
+
+def run_compare(models: list[str], labels: list[str] | None, settings: EvalSettings, args: argparse.Namespace) -> int:
+    load = LoadSettings(**flags.given(LoadSettings, args))
+    result = compare(models, settings, labels, load.dtype, args.device, load.trust_remote_code)
+    print(result.markdown())
+    if args.output:
+        for path in result.save(args.output):
+            print(f"wrote {path}")
+    if getattr(args, "update_card", False):
+        for source in models:
+            if (Path(source) / METADATA_FILE).is_file():
+                print(f"updated {update_card(source, result.markdown())}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_compare(args.models, args.labels, flags.settings_from(EvalSettings, args), args)

@@ -1,0 +1,178 @@
+"""Command-line flags generated from settings dataclasses and extension registries: one source for names, defaults and help.
+
+:func:`add_settings` turns the fields of a :class:`~llmsparse.settings.Settings` dataclass into
+flags (``--nsamples``; ``--true-sequential`` for booleans; help ending in "(default ...)"), with
+``default=None`` so that :func:`settings_from` can tell given flags from absent ones and merge
+dataclass defaults < recipe < flags. :func:`add_option_flags` gives every option of every
+registered extension a ``--<name>-<option>`` flag. Every error goes out as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import LlmsparseError, SettingsError, UnknownNameError, check_choice
+from ..models import MODEL_HELP, LoadSettings, load_model
+from ..registry import Registry, config_fields
+from ..settings import Settings, choices_of, default_of, device_setting, setting
+
+MISSING = dataclasses.MISSING
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with llmsparse's error convention: one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"llmsparse: error: {message}\n")
+
+
+@dataclasses.dataclass
+class Compute(Settings):
+    """The compute device of commands that run a model."""
+
+    device: str | None = device_setting()
+
+
+def _element(hint: Any) -> type:
+    """The scalar type a flag parses for a field annotated ``hint`` (``int | None`` -> int, ``list[str]`` -> str)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    scalars = []
+    for arg in args:
+        inner = typing.get_args(arg)
+        scalars.append(inner[0] if typing.get_origin(arg) in (list, tuple) and inner else arg)
+    return next((t for t in (bool, int, float, str) if t in scalars), str)
+
+
+def _chooser(kind: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check_choice(kind, text, allowed)
+        except UnknownNameError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    return parse
+
+
+def _shown(default: Any) -> str | None:
+    if default is MISSING or default is None or default is False or default == [] or default == {}:
+        return None
+    return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def add_settings(
+    parser: argparse.ArgumentParser,
+    cls: type[Settings],
+    seen: set[str],
+    title: str | None = None,
+    skip: tuple[str, ...] = (),
+    aliases: Mapping[str, list[str]] | None = None,
+) -> None:
+    """Add a flag per CLI field of ``cls`` not in ``seen`` or ``skip`` (and record them in ``seen``)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True) or f.name in seen or f.name in skip:
+            continue
+        seen.add(f.name)
+        default = default_of(f)
+        shown = _shown(default)
+        text = meta.get("help", "") + (f" (default {shown})" if shown is not None else "")
+        if meta.get("positional"):
+            group.add_argument(f.name, help=text)
+            continue
+        names = [meta.get("flag") or "--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, [])]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
+        if default is MISSING:
+            kwargs["required"] = True
+        kind = _element(hints[f.name])
+        if kind is bool:
+            kwargs.update(action="store_const", const=True)
+        else:
+            choices = choices_of(f)
+            kwargs["type"] = _chooser(*choices) if choices else meta.get("parse") or kind
+            kwargs["metavar"] = meta.get("metavar") or names[0].lstrip("-").replace("-", "_").upper()
+            for key in ("nargs", "action"):
+                if meta.get(key):
+                    kwargs[key] = meta[key]
+        group.add_argument(*names, **kwargs)
+
+
+def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line fields of ``cls`` given on the command line (a flag shared by several settings fills each)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None
+    }
+
+
+def settings_from(cls: type[Settings], args: argparse.Namespace, recipe: dict | None = None, options: Registry | None = None):
+    """``cls`` from dataclass defaults < ``recipe`` < given flags; ``options`` adds the generated option flags."""
+    values = {**(recipe or {}), **given(cls, args)}
+    if options is not None:
+        chosen = values.get("method") or next(default_of(f) for f in dataclasses.fields(cls) if f.name == "method")
+        values["method_options"] = dict(values.get("method_options") or {}) | option_values(args, chosen)
+    return cls(**values)
+
+
+def add_option_flags(parser: argparse.ArgumentParser, registry: Registry, title: str) -> None:
+    """One flag per option of every registered class: ``--<name>-<option>`` (dest ``opt:<name>:<option>``)."""
+    group = parser.add_argument_group(title)
+    for name, cls in sorted(registry.items()):
+        for f in config_fields(cls):
+            default = default_of(f)
+            flags = [f"--{name}-{f.name.replace('_', '-')}", *([f.metadata["alias"]] if f.metadata.get("alias") else [])]
+            dest, text = f"opt:{name}:{f.name}", f"{name}: {f.metadata.get('help', '')}"
+            if isinstance(default, bool):
+                group.add_argument(*flags, dest=dest, action="store_const", const=True, default=None, help=text)
+            else:
+                kind = type(default) if default is not None else str
+                group.add_argument(*flags, dest=dest, type=kind, default=None, metavar=f.name.upper(), help=f"{text} (default {default})")
+
+
+def option_values(args: argparse.Namespace, chosen: str) -> dict[str, Any]:
+    """The given option flags of the ``chosen`` class; an option of another class is refused."""
+    out = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("opt:") and value is not None:
+            _, name, option = dest.split(":")
+            if name != chosen:
+                raise SettingsError(f"--{name}-{option.replace('_', '-')} is an option of {name}, not of {chosen}")
+            out[option] = value
+    return out
+
+
+def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run ``command``; an :class:`~llmsparse.errors.LlmsparseError` becomes one line on stderr and exit code 2."""
+    try:
+        return command(args)
+    except LlmsparseError as err:
+        print(f"llmsparse: error: {err}", file=sys.stderr)
+        return 2
+
+
+@dataclasses.dataclass
+class Model(Settings):
+    """The model a command runs on."""
+
+    model: str = setting(MISSING, MODEL_HELP, positional=True)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, seen: set[str]) -> None:
+    """The model argument, how it loads (:class:`~llmsparse.models.LoadSettings`) and the compute device."""
+    add_settings(parser, Model, seen)
+    add_settings(parser, LoadSettings, seen, "model loading")
+    add_settings(parser, Compute, seen)
+
+
+def load(args: argparse.Namespace):
+    """``(model, tokenizer)`` as the model flags ask."""
+    return load_model(args.model, **given(LoadSettings, args))

@@ -1,0 +1,41 @@
+"""``llmsparse sparsify``: training-free activation sparsity (flags from :class:`~llmsparse.activation.SparsifySettings`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..activation import ACTIVATION_METHODS, SparsifySettings, check_request, measure_activation_sparsity, sparsify_activations
+from ..calibration import check_calib
+from ..layout import resolve_device
+from ..recipe import load_recipe
+from . import flags, tail
+
+HELP = "training-free activation sparsity (TEAL, WINA, CHESS)"
+DESCRIPTION = "Calibrate activation thresholds and save them with the model."
+
+
+def add(parser: argparse.ArgumentParser) -> None:
+    seen: set[str] = set()
+    flags.add_model_flags(parser, seen)
+    parser.add_argument("--recipe", help="YAML recipe with sparsify_activations() arguments; flags given on the command line override it")
+    flags.add_settings(parser, SparsifySettings, seen, "activation sparsity")
+    flags.add_settings(parser, tail.OutputSettings, seen, "output")
+    flags.add_settings(parser, tail.PplCheck, seen, "perplexity (dense and sparse) and the skipped-weight fraction")
+    flags.add_option_flags(parser, ACTIVATION_METHODS, "method options")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = flags.settings_from(SparsifySettings, args, load_recipe(args.recipe, "sparsify") if args.recipe else None, ACTIVATION_METHODS)
+    # everything that can be checked before the (slow) model load
+    method = check_request(settings)
+    if method.needs_calibration(settings.allocation):
+        check_calib(settings.calib, f"{method.name} with {settings.allocation} allocation")
+    tail.check_output(args)
+    model, tokenizer = flags.load(args)
+    model.to(resolve_device(args.device))
+
+    def measure(report, check: tail.PplCheck) -> None:
+        report.measured = measure_activation_sparsity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, min(check.ppl_windows or 4, 4))
+
+    work = lambda: sparsify_activations(model, tokenizer, **vars(settings))  # noqa: E731
+    return tail.finish(args, model, tokenizer, work, settings, "activation", measure, recipe_kind="sparsify")

@@ -1,0 +1,122 @@
+"""The end of every run that changes a model (``prune``, ``sparsify``): perplexity before and after, summary, save, push.
+
+Its flags come from :class:`OutputSettings` and :class:`PplCheck`; :func:`check_output` runs before
+the model loads, :func:`finish` after the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SettingsError
+from ..evaluation.ppl import perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting
+from ..export import check_output_dir, save_pruned
+from ..formats import FORMATS, Format, get_format
+from ..hub import push
+from ..layout import resolve_device
+from ..masks import Pattern
+from ..settings import Settings, setting
+from .flags import given
+
+
+@dataclass
+class OutputSettings(Settings):
+    """Where a changed model goes: the output directory, its format, and the Hub."""
+
+    output: str | None = setting(None, "directory for the model (safetensors, tokenizer, recipe.yaml, reports, model card)")
+    overwrite: bool = setting(False, "replace a non-empty --output directory")
+    format: str = setting(
+        "dense",
+        f"how the pruned matrices are stored: {', '.join(n for n in FORMATS if n != 'N:M')} or an N:M pattern such as 2:4; "
+        "dense loads with plain transformers, the compact ones with llmsparse (see llmsparse methods)",
+    )
+    push_to_hub: str | None = setting(None, "after saving, upload --output to this Hub repo (token from HF_TOKEN or huggingface-cli login)", metavar="REPO_ID")
+    private: bool = setting(False, "create the Hub repo as private")
+    revision: str | None = setting(None, "Hub branch to upload to (created if missing; default main)")
+
+
+@dataclass
+class PplCheck(Settings):
+    """Perplexity of the model before and after the run."""
+
+    eval_ppl: str | None = ppl_setting("also measure perplexity before and after the run on a text file or 'wikitext2'")
+    ppl_seqlen: int = ppl_seqlen_setting()
+    ppl_windows: int | None = ppl_windows_setting()
+
+
+def check_output(args: argparse.Namespace, pattern: Pattern | None = None) -> tuple[OutputSettings, Format]:
+    """The output settings and format, checked before the (slow) model load; ``pattern``: what the run prunes."""
+    out = OutputSettings(**given(OutputSettings, args))
+    fmt = get_format(out.format)
+    if pattern is not None:
+        fmt.check(pattern)
+    if out.push_to_hub and not out.output:
+        raise SettingsError("--push-to-hub uploads the saved model: give --output DIR as well")
+    if out.output:
+        check_output_dir(out.output, out.overwrite)
+    return out, fmt
+
+
+def run_recipe(settings: Settings, report) -> dict[str, Any]:
+    """The recipe to save with a run: its settings, with the calibration source the run resolved."""
+    recipe = settings.recipe()
+    recipe["calib"] = report.calibration["source"] if report.calibration else recipe.get("calib")
+    return recipe
+
+
+def finish(
+    args: argparse.Namespace,
+    model,
+    tokenizer,
+    work: Callable[[], Any],
+    settings: Settings,
+    report_arg: str,
+    after_eval: Callable[[Any, PplCheck], None] | None = None,
+    **save: Any,
+) -> int:
+    """Run ``work`` (returns a report) between the before/after perplexity, print, then save and push.
+
+    The report goes to :func:`~llmsparse.save_pruned` as ``report_arg`` (``report`` or ``activation``),
+    with the run's own arguments ``save``; ``after_eval(report, check)`` adds what a run measures on
+    the evaluation text.
+    """
+    out, _ = check_output(args)
+    check = PplCheck(**given(PplCheck, args))
+    device = resolve_device(args.device)
+    if check.eval_ppl:
+        model.to(device)
+        dense = perplexity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, check.ppl_windows)
+    report = work()
+    if check.eval_ppl:
+        model.to(device)
+        sparse = perplexity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, check.ppl_windows)
+        report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
+        if after_eval is not None:
+            after_eval(report, check)
+    print(report.table() if args.verbose else report.summary())
+    if check.eval_ppl:
+        print(f"dense  {dense}\nsparse {sparse}")
+    if out.output:
+        saved = save_pruned(
+            model.to("cpu"),
+            tokenizer,
+            out.output,
+            recipe=run_recipe(settings, report),
+            base_model=args.model,
+            format=out.format,
+            overwrite=out.overwrite,
+            **{report_arg: report},
+            **save,
+        )
+        storage = getattr(report, "storage", None)
+        if storage:
+            ratio = storage["bytes_compressed"] / storage["bytes_dense"]
+            print(f"pruned matrices: {storage['bytes_dense']:,} bytes dense -> {storage['bytes_compressed']:,} bytes {storage['format']} ({ratio:.3f}x)")
+        print(f"saved to {saved}")
+        if out.push_to_hub:
+            print(f"pushed: {push(saved, out.push_to_hub, private=out.private, revision=out.revision)}")
+    return 0

@@ -1,0 +1,103 @@
+"""The contract of a checkpoint format, its registry, and the bit packing the compact layouts share.
+
+A format is one :class:`Format` subclass, decorated with :func:`register`: how one pruned matrix
+is written (:meth:`~Format.compress`, the tensors stored under ``<module>.``) and read back
+(:meth:`~Format.decompress`), what it refuses before any work (:meth:`~Format.check`), the block
+it adds to ``config.json`` (:meth:`~Format.config_block`, which also tells a reader which format a
+checkpoint holds) and the sentence the model card says about it (``note``). ``--format NAME``,
+``save_pruned(format=NAME)``, ``llmsparse methods`` and :func:`llmsparse.load_model` find it by
+name; a format family such as N:M also answers to names it parses (:meth:`~Format.parse`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import unknown_name
+from ..masks import Pattern
+from ..registry import Registry
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols/8)]``, little-endian bit order within each byte."""
+    return torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cols, bitorder="little").astype(bool))
+
+
+def tensor_bytes(parts: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in parts.values())
+
+
+@dataclass
+class NoOptions:
+    """The format has no options."""
+
+
+class Format:
+    """One way of storing the pruned matrices of a checkpoint. Subclasses set ``name`` and ``note``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type] = NoOptions
+    compact: ClassVar[bool] = True  # False: matrices stay ordinary ``.weight`` tensors
+    parts: ClassVar[tuple[str, ...]] = ()  # the tensor names a compact format stores under ``<module>.``
+    note: ClassVar[str]  # what the model card says about the stored weights
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def label(self) -> str:
+        """The name this instance answers to (``2:4`` for the N:M family)."""
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> Format | None:
+        """An instance for a name outside the registry's keys (a family's members), else None."""
+        return None
+
+    @classmethod
+    def from_config(cls, block: dict) -> Format | None:
+        """The instance that wrote ``config_block`` ``block`` (from a saved ``config.json``), else None."""
+        return None
+
+    def check(self, pattern: Pattern) -> None:
+        """Refuse, before any pruning, a run whose matrices this format cannot store."""
+
+    def check_module(self, name: str, module: nn.Module) -> None:
+        """Refuse a matrix module this format cannot store (e.g. a transposed ``Conv1D``)."""
+
+    def compress(self, weight: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+        """The tensors stored under ``<name>.`` for the ``[rows, cols]`` stored weight."""
+        raise NotImplementedError
+
+    def decompress(self, parts: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """The stored weight rebuilt from :meth:`compress`'s tensors, checking that they agree."""
+        raise NotImplementedError
+
+    def config_block(self) -> dict[str, Any]:
+        """Format-specific entries of the ``sparsity_config`` written into ``config.json``."""
+        return {}
+
+
+#: Checkpoint formats by name.
+FORMATS: Registry[Format] = Registry("format")
+register = FORMATS.register
+
+
+def get_format(text: str) -> Format:
+    """The format called ``text`` (``dense``, ``bitmask``, an N:M pattern such as ``2:4``, or any registered name)."""
+    if text in FORMATS:
+        return FORMATS.create(text)
+    for cls in FORMATS.values():
+        found = cls.parse(text)
+        if found is not None:
+            return found
+    raise unknown_name("format", text, [*FORMATS, "N:M such as 2:4"])

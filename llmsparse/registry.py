@@ -1,0 +1,69 @@
+"""One registry shape for every extension point: pruning methods, activation methods, checkpoint formats.
+
+An extension is a class with a ``name`` and a ``Config`` dataclass (options with ``help``
+metadata); decorating it with ``REGISTRY.register`` makes it known to the Python API, the CLI
+(a ``--<name>-<option>`` flag per option), recipes, ``llmsparse methods``, model cards and
+loaders. Lookups of unknown names raise :class:`~llmsparse.errors.UnknownNameError` with close
+matches suggested. The modules of an extension package register themselves on import;
+:func:`import_submodules` imports them all, so adding one is adding one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Generic, TypeVar
+
+from .errors import unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(dict, Generic[T]):
+    """Classes by name (a dict), plus registration and checked lookup. ``kind`` names them in messages."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, cls: type[T]) -> type[T]:
+        """Class decorator: make ``cls`` available under ``cls.name`` (replacing one of the same name)."""
+        self[cls.name] = cls
+        return cls
+
+    def lookup(self, name: str) -> type[T]:
+        """The class registered as ``name``; :class:`UnknownNameError` with suggestions otherwise."""
+        if name not in self:
+            raise unknown_name(self.kind, name, self)
+        return self[name]
+
+    def create(self, name: str, **options: Any) -> T:
+        """An instance of ``name`` configured with ``options`` (each must be a field of its ``Config``)."""
+        cls = self.lookup(name)
+        return cls(make_config(cls, name, options))
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The options of an extension class (the fields of its ``Config`` dataclass)."""
+    return list(dataclasses.fields(cls.Config))
+
+
+def make_config(cls: type, name: str, options: dict[str, Any]):
+    """``cls.Config(**options)``, refusing unknown options with the list of known ones."""
+    fields = {f.name for f in config_fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise unknown_name(f"{name} option", unknown[0], fields)
+    return cls.Config(**options)
+
+
+def describe(cls: type) -> str:
+    """``option=default, ...`` of an extension class, for listings."""
+    return ", ".join(f"{f.name}={f.default!r}" for f in config_fields(cls)) or "no options"
+
+
+def import_submodules(package: str, path: list[str]) -> None:
+    """Import every module of ``package`` (its ``__path__``), so their decorators register them."""
+    for info in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{info.name}")

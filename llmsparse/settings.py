@@ -1,0 +1,194 @@
+"""Run settings: dataclasses whose fields are the one source of API defaults, recipe keys and CLI flags.
+
+Each run API (``prune``, ``sparsify_activations``, evaluation, saving) describes its settings as a
+:class:`Settings` dataclass next to it, one :func:`setting` per field: default, help text, and
+how it appears elsewhere (``recipe=False``: not a recipe key; ``cli=False``: no flag; ``flag``:
+another flag name; ``choices``: allowed values, or a registry). From those fields
+:func:`api` builds the Python signature, :mod:`llmsparse.recipe` the recipe keys, and
+:mod:`llmsparse.cli.flags` the command-line flags with "(default ...)" in their help.
+Values are type-checked when a settings object is made, so ``nsamples=4.7`` fails at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import inspect
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .errors import SettingsError, UnknownNameError, check_choice
+
+_MISSING = dataclasses.MISSING
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    recipe: bool = True,
+    cli: bool = True,
+    flag: str | None = None,
+    choices: Iterable[str] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    nargs: str | None = None,
+    action: str | None = None,
+    positional: bool = False,
+) -> Any:
+    """A settings field: ``default`` (``dataclasses.MISSING``: required) plus the metadata the recipe and CLI builders read."""
+    meta = {
+        "help": help,
+        "recipe": recipe,
+        "cli": cli,
+        "flag": flag,
+        "choices": choices,
+        "parse": parse,
+        "metavar": metavar,
+        "nargs": nargs,
+        "action": action,
+        "positional": positional,
+    }
+    if default is _MISSING:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (built fresh for list/dict defaults); ``MISSING`` when it has none."""
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return _MISSING
+
+
+def choices_of(f: dataclasses.Field) -> tuple[str, tuple[str, ...]] | None:
+    """``(kind, allowed values)`` of a field, or None. A registry's names are read when asked (late
+    registrations count) and its ``kind`` names it in messages; otherwise the field name does."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return None
+    return getattr(choices, "kind", f.name.replace("_", " ")), tuple(sorted(choices))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """True when ``value`` fits the annotation ``hint`` (unions, optionals, sequences, dicts, plain types)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple, typing.Sequence, Iterable) or hint in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return False
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, Mapping)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is os.PathLike:
+        return isinstance(value, os.PathLike)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
+    """Raise :class:`SettingsError` naming the key for values of the wrong type or outside their choices."""
+    hints, fields = _hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            continue
+        if not _matches(value, hints[key]):
+            raise SettingsError(f"{where}{key} must be {_describe(hints[key])}, got {type(value).__name__} {value!r}")
+        choices = choices_of(fields[key])
+        if choices is not None and isinstance(value, str):
+            kind, allowed = choices
+            try:
+                check_choice(kind, value, allowed)
+            except UnknownNameError as err:
+                raise UnknownNameError(f"{where}{err}") from None
+
+
+class Settings:
+    """Base of settings dataclasses: values are type-checked when the object is made."""
+
+    def __post_init__(self) -> None:
+        check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def recipe_keys(cls) -> tuple[str, ...]:
+        """The field names a recipe of these settings may hold."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe", True))
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe keys and their values (for ``recipe.yaml``)."""
+        return {key: getattr(self, key) for key in self.recipe_keys()}
+
+
+def settings_doc(cls: type) -> str:
+    """One line per field: ``name (default): help`` (appended to the docstring of an :func:`api` function)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = default_of(f)
+        lines.append(f"    {f.name} (default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def api(cls: type[Settings]) -> Callable:
+    """Give ``fn(*fixed, settings)`` the signature ``fn(*fixed, <each field of cls with its default>)``.
+
+    The wrapper binds positional and keyword arguments against that signature, builds
+    ``cls(**given)`` (defaults from the dataclass, types checked) and calls ``fn``; the settings
+    fields and their help are appended to the docstring, so ``help()`` lists every option.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        fixed = list(inspect.signature(fn).parameters.values())[:-1]
+        hints = _hints(cls)
+        params = fixed + [
+            inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default_of(f), annotation=hints[f.name])
+            for f in dataclasses.fields(cls)
+        ]
+        signature = inspect.Signature(params, return_annotation=inspect.signature(fn).return_annotation)
+        names = [p.name for p in fixed]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise SettingsError(f"{fn.__name__}(): {err}") from None
+            given = dict(bound.arguments)
+            head = [given.pop(n) if n in given else p.default for n, p in zip(names, fixed)]
+            return fn(*head, cls(**given))
+
+        wrapper.__signature__ = signature
+        wrapper.__doc__ = f"{fn.__doc__ or ''}\n\n    Settings ({cls.__name__}):\n\n{settings_doc(cls)}\n"
+        wrapper.settings_class = cls
+        return wrapper
+
+    return decorate
+
+
+def device_setting() -> Any:
+    """The compute device field, shared by every run that computes."""
+    return setting(None, "compute device, e.g. cpu or cuda (default: cuda if available)", recipe=False)
