@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmsparse.evaluation import ClozeConfig, TaskBuildError, build_local_tasks
+from llmsparse.errors import LlmsparseError
+from llmsparse.evaluation import ClozeConfig, build_local_tasks
 from llmsparse.evaluation.passages import MODES
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ClozeConfig(args.examples, args.min_words, args.max_words, args.choices, args.seed)
     try:
         built = build_local_tasks(args.text, args.name, args.out, config, args.ppl_chars, args.passages)
-    except TaskBuildError as err:
+    except LlmsparseError as err:
         print(f"build_tasks: error: {err}", file=sys.stderr)
         return 2
     print(built)

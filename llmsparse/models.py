@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,32 @@ def _bundled_gemma_gguf() -> str:
     return str(assemble())
 
 
+@contextmanager
+def _one_gguf_parse():
+    """Parse each GGUF file once while converting it.
+
+    transformers reads the file's metadata three times (config, tokenizer, weights), each a full
+    pure-Python parse of the 262k-entry vocabulary (about 20 s on the Gemma file); a reader is
+    read-only after construction, so inside this block ``gguf.GGUFReader`` hands out one per path.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple, object] = {}
+
+    def reader(path, mode="r"):
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _gguf_to_safetensors(gguf: Path) -> Path:
     """Dequantize a GGUF file into a cached float32 safetensors directory (once) and return it."""
     if not gguf.is_file():
@@ -186,8 +213,9 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors under %s (one time, about a minute)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _one_gguf_parse():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain float tensors: drop the GGUF quantizer so the checkpoint is an
     # ordinary one that transformers (and other tools) load without the .gguf file.
     model.hf_quantizer = None

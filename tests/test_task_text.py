@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmsparse.evaluation import ClozeConfig, TaskBuildError, build_local_tasks
+from llmsparse.errors import UnknownNameError
+from llmsparse.evaluation import ClozeConfig, build_local_tasks
 from llmsparse.evaluation.passages import detect, text_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_auto_rule_and_override(tmp_path, capsys):
     assert main([str(source), "--name", "bk", "--out", str(out), "--examples", "10", "--passages", "window"]) == 0
     assert "passages: window (requested; auto would take blocks" in capsys.readouterr().out
     assert len(_rows(out / "bk_cloze.jsonl")) == 10
-    with pytest.raises(TaskBuildError, match="passages 'paragraphs' must be auto, lines, blocks, window"):
+    with pytest.raises(UnknownNameError, match="unknown passages 'paragraphs'"):
         build_local_tasks(source, "bk", out, passages="paragraphs")
 
 

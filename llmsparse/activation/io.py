@@ -34,9 +34,9 @@ def save_activation_state(model: nn.Module, directory: str | Path) -> bool:
     for name, site in sites.items():
         meta[name] = {"role": site.role, "sparsity": site.sparsity, "k": site.k}
         if site.threshold is not None:
-            tensors[f"{name}.threshold"] = site.threshold.detach().float().cpu().contiguous()
+            tensors[f"{name}.threshold"] = site.threshold.detach().float().cpu().clone()  # own storage: sites may share one tensor
         if site.scale is not None:
-            tensors[f"{name}.scale"] = site.scale.detach().float().cpu().contiguous()
+            tensors[f"{name}.scale"] = site.scale.detach().float().cpu().clone()  # own storage: sites may share one tensor
     save_file(tensors, directory / STATE_FILE, metadata={"sites": json.dumps(meta), "version": str(FORMAT_VERSION)})
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())

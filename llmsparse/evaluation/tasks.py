@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import TaskBuildError  # its message says what the text lacks and what to change
+from ..errors import TaskBuildError, check_choice
 from .passages import MODES, Passages, ppl_document, split_passages
 
 SENTENCE_END = (".", "!", "?")
@@ -64,8 +64,7 @@ def cloze_passage(paragraph: str, min_words: int, max_words: int) -> tuple[str, 
 
 def _split(text: str, passages: str, config: ClozeConfig) -> Passages:
     """The text's passages; a window holds one cloze of at most ``max_words`` context words."""
-    if passages not in ("auto", *MODES):
-        raise TaskBuildError(f"passages {passages!r} must be auto, {', '.join(MODES)}")
+    check_choice("passages", passages, ("auto", *MODES))
     return split_passages(text, passages, config.max_words + 1)
 
 
@@ -106,8 +105,9 @@ def cloze_examples(split: Passages, config: ClozeConfig) -> tuple[list[dict], in
     return examples, usable
 
 
-def make_cloze(text: str, config: ClozeConfig = ClozeConfig(), passages: str = "auto") -> list[dict]:
+def make_cloze(text: str, config: ClozeConfig | None = None, passages: str = "auto") -> list[dict]:
     """Cloze examples from plain text read as ``passages`` (see :mod:`.passages`); deterministic in ``seed``."""
+    config = config or ClozeConfig()
     return cloze_examples(_split(text, passages, config), config)[0]
 
 
@@ -152,7 +152,7 @@ def build_local_tasks(
     text_file: str | Path,
     name: str,
     out_dir: str | Path,
-    cloze: ClozeConfig = ClozeConfig(),
+    cloze: ClozeConfig | None = None,
     ppl_chars: int | None = None,
     passages: str = "auto",
 ) -> LocalTasks:
@@ -164,7 +164,7 @@ def build_local_tasks(
     task names with the shape and passage counts; nothing is written when the text cannot give the
     tasks (:class:`TaskBuildError`).
     """
-    path = Path(text_file)
+    path, cloze = Path(text_file), cloze or ClozeConfig()
     if not NAME_RE.match(name):
         raise TaskBuildError(f"task name {name!r} must start with a letter and hold only letters, digits and _")
     if not path.is_file():
