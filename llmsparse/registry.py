@@ -64,6 +64,10 @@ def describe(cls: type) -> str:
 
 
 def import_submodules(package: str, path: list[str]) -> None:
-    """Import every module of ``package`` (its ``__path__``), so their decorators register them."""
+    """Import every public module of ``package`` (its ``__path__``), so their decorators register them.
+
+    Modules whose name starts with ``_`` are skipped (work in progress, private helpers).
+    """
     for info in pkgutil.iter_modules(path):
-        importlib.import_module(f"{package}.{info.name}")
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
