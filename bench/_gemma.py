@@ -1,5 +1,8 @@
 """Shared by the Gemma 3 270M benchmarks: one pruning run per fresh subprocess, with the core issue's protocol.
 
+A spec may set ``calib_file`` and ``ppl_file`` (default: wiki.valid.tokens and wiki.test.raw);
+:func:`validation_split` gives the two halves used to choose settings without the test text.
+
 Calibration: ``nsamples`` x 512 tokens (32 by default) of WikiText-2 valid (``wiki.valid.tokens``);
 perplexity: ``wiki.test.raw`` at seqlen 1024 over the first ``windows`` windows. A fresh process
 per run makes "peak RSS" that run's own high-water mark (load + calibration + pruning, measured
@@ -16,6 +19,20 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+SPLIT = Path(__file__).resolve().parents[1] / "out" / "validation_split"
+
+
+def validation_split(fraction: float = 0.75) -> tuple[Path, Path]:
+    """``wiki.valid.tokens`` cut at a line boundary into a calibration part (the first ``fraction`` of
+    its lines) and a held-out validation part, for choosing settings without the test text."""
+    calib, held = SPLIT / "calib.txt", SPLIT / "validation.txt"
+    if not held.is_file():
+        lines = (DATA / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()
+        cut = int(len(lines) * fraction)
+        SPLIT.mkdir(parents=True, exist_ok=True)
+        calib.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
+        held.write_text("\n".join(lines[cut:]) + "\n", encoding="utf-8")
+    return calib, held
 
 
 def run_here(spec: dict) -> dict:
@@ -29,7 +46,7 @@ def run_here(spec: dict) -> dict:
         report = llmsparse.prune(
             model,
             tok,
-            calib=str(DATA / "wiki.valid.tokens"),
+            calib=spec.get("calib_file", str(DATA / "wiki.valid.tokens")),
             nsamples=spec.get("nsamples", 32),
             seqlen=512,
             seed=spec.get("seed", 0),
@@ -40,7 +57,7 @@ def run_here(spec: dict) -> dict:
         seconds = time.perf_counter() - started
         sparsity = report.global_sparsity
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    ppl = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=spec.get("windows", 8))
+    ppl = llmsparse.perplexity(model, tok, spec.get("ppl_file", str(DATA / "wiki.test.raw")), seqlen=1024, windows=spec.get("windows", 8))
     return {"seconds": seconds, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows, "global_sparsity": sparsity}
 
 

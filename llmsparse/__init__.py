@@ -18,7 +18,7 @@ Notebook use::
 
 __version__ = "0.1.0"
 
-from . import activation, errors
+from . import activation, errors, runtime
 from .activation import ActivationReport, SparsifySettings, enable_sparse_decode, measure_activation_sparsity, sparsify_activations
 from .calibration import calibration_ids
 from .errors import (
@@ -47,6 +47,7 @@ from .models import load_model
 from .pruning import PruneSettings, prune
 from .recipe import load_recipe
 from .report import PruneReport
+from .runtime import SparseLinear
 
 __all__ = [
     "FORMATS",
@@ -65,6 +66,7 @@ __all__ = [
     "PruneSettings",
     "RecipeError",
     "SettingsError",
+    "SparseLinear",
     "SparsifySettings",
     "SparsityError",
     "SweepSpec",
@@ -87,6 +89,7 @@ __all__ = [
     "perplexity",
     "prune",
     "register",
+    "runtime",
     "save_pruned",
     "select_targets",
     "sparsify_activations",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CalibrationDataError
-from .settings import setting
+from .errors import CalibrationDataError, LlmsparseError
+from .settings import at_least, in_range, setting
 from .text import read_text
 
 log = logging.getLogger(__name__)
@@ -31,27 +31,49 @@ def calib_setting(help: str = CALIB_HELP):
 
 
 def nsamples_setting(default: int):
-    return setting(default, "calibration sequences")
+    return setting(default, "calibration sequences", check=at_least(1))
 
 
 def seqlen_setting(default: int):
-    return setting(default, "tokens per calibration sequence")
+    return setting(default, "tokens per calibration sequence", check=at_least(2))
 
 
 def seed_setting():
-    return setting(0, "seed for the calibration windows (and for 'self' sampling)")
+    return setting(0, "seed for the calibration windows (and for 'self' sampling)", check=in_range(0, 2**63 - 1))
 
 
 def text_field_setting():
     return setting("text", "text field of .jsonl/.parquet calibration files", flag="--calib-field", recipe=False)
 
 
-def check_calib(calib, what: str) -> None:
-    """Fail fast (before a slow model load) when ``what`` needs calibration data that is missing."""
+def check_calib(calib, what: str, text_field: str = "text") -> None:
+    """Fail fast (before a slow model load) when ``what`` needs calibration data that is missing or unreadable.
+
+    A file is read once here, so a directory, a binary file or one without text is named at once.
+    """
     if calib is None:
         raise CalibrationDataError(f"{what} needs --calib (calib= in Python): a file, {', '.join(HUB_DATASETS)}, or '{SELF}'")
-    if isinstance(calib, (str, Path)) and str(calib) not in (SELF, *HUB_DATASETS) and not Path(calib).is_file():
-        raise CalibrationDataError(f"calibration file {str(calib)!r} does not exist")
+    if isinstance(calib, (str, Path)) and (Path(calib).exists() or str(calib) not in (SELF, *HUB_DATASETS)):
+        read_text(calib, text_field)
+
+
+def check_positions(config, seqlen: int, what: str = "calibration seqlen", error: type[LlmsparseError] = CalibrationDataError) -> None:
+    """Refuse sequences longer than the model's position table (read from its ``config``) with ``error``."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None and seqlen > limit:
+        raise error(f"{what} {seqlen} exceeds the model's {limit} positions")
+
+
+def check_ids(ids: torch.Tensor, vocab: int | None) -> None:
+    """Ready calibration ids: int64 ``[nsamples >= 1, seqlen >= 2]`` within the model's vocabulary."""
+    if ids.dim() != 2 or ids.dtype != torch.long:
+        raise CalibrationDataError(f"calibration tensors must be int64 token ids shaped [nsamples, seqlen], got {ids.dtype} {list(ids.shape)}")
+    if ids.shape[0] < 1 or ids.shape[1] < 2:
+        raise CalibrationDataError(f"calibration ids need at least 1 sequence of 2 tokens, got shape {list(ids.shape)}")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        allowed = f"in [0, {vocab}) (the model's vocabulary)" if vocab is not None else "non-negative"
+        raise CalibrationDataError(f"calibration ids must be {allowed}, got values from {low} to {high}")
 
 
 def random_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -76,9 +98,10 @@ def calibration_ids(
     if nsamples < 1 or seqlen < 2:
         raise CalibrationDataError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
     if isinstance(source, torch.Tensor):
-        if source.dim() != 2 or source.dtype != torch.long:
-            raise CalibrationDataError("calibration tensors must be int64 token ids shaped [nsamples, seqlen]")
+        check_ids(source, None)
         return source
+    if tokenizer is None:
+        raise CalibrationDataError(f"calibration from {str(source)!r} needs the tokenizer (pass it after the model), or pass token ids as a tensor")
     source = str(source)
     if source == SELF:
         if model is None:
@@ -100,11 +123,9 @@ def calibration_batch(
     """
     if calib is None:
         raise CalibrationDataError(f"{what} needs calibration data: pass calib=PATH, a Hub name or 'self'")
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    length = calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen
-    if limit is not None and length > limit:
-        raise CalibrationDataError(f"calibration seqlen {length} exceeds the model's {limit} positions")
+    check_positions(model.config, calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen)
     ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
+    check_ids(ids, model.get_input_embeddings().num_embeddings)
     info = {"source": calib if isinstance(calib, str) else "tensor", "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "seed": seed}
     return ids, info
 

@@ -3,9 +3,10 @@
 1. Run the model up to its first decoder layer and keep that layer's input for every
    calibration sequence; record the positional and keyword arguments *each* layer receives
    (attention masks and rotary embeddings differ between sliding and global layers in Gemma).
-2. For each layer in turn, on the compute device: hooks feed the inputs of its matrices to the
-   method's statistics (stopping the forward once every hooked matrix has seen its input), the
-   method prunes each matrix, and the pruned layer is re-run so its outputs feed the next layer.
+2. For each layer in turn, on the compute device: hooks feed the inputs of its matrices to
+   statistics (stopping the forward once every hooked matrix has seen its input), the caller
+   changes the layer (:mod:`llmsparse.layerwise` prunes it), and the changed layer is re-run so its
+   outputs feed the next layer. Optionally a second, dense stream of hidden states runs alongside.
 
 Only one decoder layer is on the compute device at a time; the activations stay on CPU.
 """
@@ -22,20 +23,10 @@ from tqdm.auto import tqdm
 
 from .errors import CalibrationError
 from .layout import DecoderLayout, get_weight
-from .masks import Pattern
-from .methods import Method, PruneResult
 
 
 class _Stop(Exception):
     """Raised from a hook to end a forward pass early."""
-
-
-@dataclass
-class MatrixResult:
-    name: str
-    layer: int
-    sparsity: float  # the target this matrix was pruned to
-    result: PruneResult
 
 
 @dataclass
@@ -169,15 +160,43 @@ def forward_layer(layer: nn.Module, h: torch.Tensor, call: LayerCall, device: to
 
 
 @torch.no_grad()
-def collect_stats(layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable) -> dict:
+def matrix_inputs(layer, matrices: dict[str, nn.Module], h: torch.Tensor, call: LayerCall, device) -> dict[str, torch.Tensor]:
+    """The input each matrix reads when ``layer`` runs on ``h`` (the forward stops once all have been seen)."""
+    inputs: dict[str, torch.Tensor] = {}
+
+    def hook_for(name):
+        def hook(module, args):
+            inputs[name] = args[0]
+            if len(inputs) == len(matrices):
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
+    try:
+        forward_layer(layer, h, call, device)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
+@torch.no_grad()
+def collect_stats(
+    layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable, dense: Callable[[int], dict] | None = None
+) -> dict:
     """Feed each matrix's input through its stats object for all sequences; shared inputs share stats.
 
     A forward ends as soon as every matrix in ``matrices`` has seen its input, so the rest of the
-    layer is not computed.
+    layer is not computed. With ``dense`` (sequence index -> each matrix's input on the dense
+    model's stream, see :func:`matrix_inputs`), each update also gets that input: ``update(x, x_dense)``.
     """
     stats: dict[str, object] = {}
     seen: list[tuple[torch.Tensor, object]] = []  # (input tensor, stats) of the current forward
     done: set[str] = set()
+    dense_inputs: dict[str, torch.Tensor] = {}
 
     def hook_for(name):
         def hook(module, inputs):
@@ -185,7 +204,7 @@ def collect_stats(layer, matrices: dict[str, nn.Module], hidden, call, device, n
             if name not in stats:  # first forward: share stats with a matrix that read this very tensor
                 stats[name] = next((s for t, s in seen if t is x), None) or new_stats(x.shape[-1], x.device)
             if not any(s is stats[name] for _, s in seen):
-                stats[name].update(x)
+                stats[name].update(x, dense_inputs[name]) if dense is not None else stats[name].update(x)
                 seen.append((x, stats[name]))
             done.add(name)
             if len(done) == len(matrices):
@@ -193,18 +212,19 @@ def collect_stats(layer, matrices: dict[str, nn.Module], hidden, call, device, n
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
-    try:
-        for h in hidden:
-            seen.clear()
-            done.clear()
-            try:
-                forward_layer(layer, h, call, device)
-            except _Stop:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    for j, h in enumerate(hidden):
+        if dense is not None:
+            dense_inputs = dense(j)
+        seen.clear()
+        done.clear()
+        handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
+        try:
+            forward_layer(layer, h, call, device)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
     missing = sorted(set(matrices) - set(stats))
     if missing:
         raise CalibrationError(f"no calibration input reached {', '.join(missing)}")
@@ -240,74 +260,29 @@ def master_weight(module: nn.Module, masters: dict) -> torch.Tensor:
     return get_weight(module, masters.get(id(module.weight), module.weight.data))
 
 
-def _prune_matrix(method: Method, name: str, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
-    """Prune the master (stored) weight of ``module`` and refresh its compute copy for the re-run."""
-    master = master_weight(module, masters)
-    result = method.prune(master.to(device, torch.float32), stats, sparsity, pattern, name=name)
-    master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
-    get_weight(module).copy_(master)
-    return result
-
-
 @torch.no_grad()
-def walk_layers(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype, visit: Callable, desc: str) -> None:
+def walk_layers(
+    layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype, visit: Callable, desc: str, dense_stream: bool = False
+) -> None:
     """Run the calibration sequences through the decoder one layer at a time, calling ``visit`` on each.
 
     ``visit(i, layer, hidden, call, masters)`` runs while layer ``i`` sits on ``device`` (``masters``
     maps its parameters to their stored tensors); then the (possibly changed) layer's outputs
-    become the next layer's inputs.
+    become the next layer's inputs. With ``dense_stream`` a second stream of hidden states runs
+    through the layers *before* ``visit`` changes them (the dense model's inputs of every layer,
+    twice the activation memory) and ``visit`` also gets ``dense=`` those inputs.
     """
     layers = layout.layers
     hidden, calls = capture_inputs(layout, input_ids, device, dtype)
+    dense = list(hidden) if dense_stream else None
     for i in tqdm(range(len(layers)), desc=desc):
         with _on_device(list(layers[i].modules()), device, dtype) as masters:
-            visit(i, layers[i], hidden, calls[i], masters)
-            if i + 1 < len(layers):
+            last = i + 1 == len(layers)
+            if dense is None:
+                visit(i, layers[i], hidden, calls[i], masters)
+            else:
+                dense_next = None if last else [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in dense]
+                visit(i, layers[i], hidden, calls[i], masters, dense=dense)
+                dense = dense_next
+            if not last:
                 hidden = [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in hidden]
-
-
-@torch.no_grad()
-def prune_layers(
-    layout: DecoderLayout,
-    method: Method,
-    targets: dict[int, dict[str, nn.Module]],
-    sparsities: list[float],
-    pattern: Pattern,
-    input_ids: torch.Tensor | None,
-    device: torch.device | str = "cpu",
-    true_sequential: bool = False,
-    dtype: torch.dtype | None = None,
-) -> list[MatrixResult]:
-    """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target.
-
-    Calibration forwards run in ``dtype`` (default: :func:`compute_dtype`); statistics and the
-    pruning math are float32, and the stored weights keep their own dtype.
-    """
-    device = torch.device(device)
-    layers = layout.layers
-    dtype = dtype or compute_dtype(next(layers[0].parameters()).dtype, device)
-    results: list[MatrixResult] = []
-
-    if not method.needs_calibration:
-        for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
-            for name, module in targets.get(i, {}).items():
-                with _on_device([module], device) as masters:
-                    result = _prune_matrix(method, name, module, masters, None, sparsities[i], pattern, device)
-                results.append(MatrixResult(name, i, sparsities[i], result))
-        return results
-
-    def visit(i, layer, hidden, call, masters):
-        matrices = targets.get(i, {})
-        if not matrices:
-            return
-        groups = input_groups(layer, matrices, hidden[0], call, device) if true_sequential else [list(matrices)]
-        for group in groups:
-            subset = {n: matrices[n] for n in group}
-            stats = collect_stats(layer, subset, hidden, call, device, method.new_stats)
-            for name, module in subset.items():
-                result = _prune_matrix(method, name, module, masters, stats[name], sparsities[i], pattern, device)
-                results.append(MatrixResult(name, i, sparsities[i], result))
-            del stats  # free this group's statistics (Hessians can be large) before the next group's
-
-    walk_layers(layout, input_ids, device, dtype, visit, f"{method.name} layers")
-    return results

@@ -49,7 +49,15 @@ class CheckpointError(LlmsparseError, ValueError):
 
 
 class OutputDirError(LlmsparseError, ValueError):
-    """The output directory cannot be used (not empty, or a file)."""
+    """The output directory cannot be used: a file, not empty, not writable, or one that holds the run's inputs."""
+
+
+class OutputBusyError(OutputDirError):
+    """Another run is writing the same output directory right now."""
+
+
+class NonFiniteError(LlmsparseError, ValueError):
+    """Weights or calibration statistics hold NaN or infinity, which would give wrong masks without a word."""
 
 
 class RecipeError(LlmsparseError, ValueError):
@@ -57,7 +65,7 @@ class RecipeError(LlmsparseError, ValueError):
 
 
 class PushError(LlmsparseError, ValueError):
-    """The directory is not a saved model, or the upload could not be set up."""
+    """The directory is not a saved model, or the upload failed (network, endpoint, permissions)."""
 
 
 class EvaluationError(LlmsparseError, ValueError):

@@ -1,18 +1,18 @@
 """Saving a pruned model: a loadable Hugging Face directory plus what is needed to repeat the run.
 
-The directory is written to a temporary sibling and renamed into place, so a failure leaves
-nothing half-written. The registered formats (:mod:`llmsparse.formats`) decide how the pruned
-matrices are stored: ``dense`` as ordinary safetensors with exact zeros; ``bitmask`` and ``N:M``
-(e.g. ``2:4``) compactly, in a layout :func:`llmsparse.load_model` reads back.
+The directory is claimed, staged and published by :mod:`llmsparse.outdir`: never over the run's
+inputs or the working directory, one writer at a time, written to a staging sibling and renamed
+into place, so a failure (or a killed process) leaves nothing half-written. The registered
+formats (:mod:`llmsparse.formats`) decide how the pruned matrices are stored: ``dense`` as
+ordinary safetensors with exact zeros; ``bitmask`` and ``N:M`` (e.g. ``2:4``) compactly, in a
+layout :func:`llmsparse.load_model` reads back.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,11 @@ import torch
 from . import formats
 from .activation.io import save_activation_state
 from .card import model_card
-from .errors import OutputDirError
 from .layout import target_weights
+from .outdir import METADATA_FILE, claim, publish, staging
 from .recipe import dump_recipe
 from .report import PruneReport
 
-METADATA_FILE = "llmsparse.json"
 REPORT_FILE = "sparsity_report.json"
 ACTIVATION_REPORT_FILE = "activation_report.json"
 RECIPE_FILE = "recipe.yaml"
@@ -40,16 +39,6 @@ def compressible_weights(model, fmt: formats.Format, report: PruneReport | None 
     for name in names:
         fmt.check_module(name, modules[name])
     return [f"{n}.weight" for n in names]
-
-
-def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an output path that is a file, or a non-empty directory unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"output {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputDirError(f"output directory {str(path)!r} is not empty (pass overwrite=True / --overwrite)")
-    return path
 
 
 def versions() -> dict[str, str]:
@@ -77,6 +66,7 @@ def save_pruned(
     activation=None,
     comparison=None,
     recipe_kind: str = "prune",
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
@@ -86,41 +76,43 @@ def save_pruned(
     :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``,
     and a :class:`~llmsparse.evaluation.Comparison` as ``comparison`` for the card's dense-vs-sparse table.
     ``recipe`` holds the arguments of ``prune()`` or, with ``recipe_kind='sparsify'``, of ``sparsify_activations()``.
+
+    ``overwrite`` replaces only a previous llmsparse output (or an empty directory). The output may
+    not hold the model's own source directory or any of ``inputs`` (calibration text, recipe...).
     """
     fmt = formats.get_format(format)
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
-    out = check_output_dir(output_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        save_activation_state(model, tmp)
-        if fmt.compact:
-            config = formats.compress_checkpoint(tmp, fmt, targets)
-            storage = {"format": fmt.label, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
-            if report is not None:
-                report.storage = storage
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions()}
-        if recipe is not None:
-            metadata["recipe"] = recipe
-            metadata["recipe_kind"] = recipe_kind
-            (tmp / RECIPE_FILE).write_text(dump_recipe(recipe, recipe_kind))
+    inputs = [*inputs, getattr(model, "name_or_path", None) or None]
+    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
+        _write(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
+        publish(tmp, out, overwrite, inputs)
+    return Path(output_dir)
+
+
+def _write(tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation, comparison, recipe_kind) -> None:
+    """Every file of a saved model, into the staging directory ``tmp``."""
+    model.save_pretrained(tmp, safe_serialization=True)
+    save_activation_state(model, tmp)
+    if fmt.compact:
+        config = formats.compress_checkpoint(tmp, fmt, targets)
+        storage = {"format": fmt.label, "bytes_dense": config["bytes_dense"], "bytes_compressed": config["bytes_compressed"]}
         if report is not None:
-            metadata["report"] = report.to_dict()
-            report.save_json(tmp / REPORT_FILE)
-        if activation is not None:
-            metadata["activation"] = activation.to_dict()
-            activation.save_json(tmp / ACTIVATION_REPORT_FILE)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if comparison is not None:
-            comparison.save(tmp)
-        table = comparison.markdown() if comparison is not None else None
-        (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            report.storage = storage
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions()}
+    if recipe is not None:
+        metadata["recipe"] = recipe
+        metadata["recipe_kind"] = recipe_kind
+        (tmp / RECIPE_FILE).write_text(dump_recipe(recipe, recipe_kind))
+    if report is not None:
+        metadata["report"] = report.to_dict()
+        report.save_json(tmp / REPORT_FILE)
+    if activation is not None:
+        metadata["activation"] = activation.to_dict()
+        activation.save_json(tmp / ACTIVATION_REPORT_FILE)
+    if comparison is not None:
+        comparison.save(tmp)
+    table = comparison.markdown() if comparison is not None else None
+    (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind), encoding="utf-8")
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output

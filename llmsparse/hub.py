@@ -7,6 +7,7 @@ or the ``token`` argument; it is handed to ``HfApi`` and never printed or logged
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from .errors import PushError
@@ -40,11 +41,15 @@ def push(directory: str | Path, repo_id: str, private: bool = False, revision: s
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    if revision:
-        api.create_branch(repo_id=repo_id, repo_type="model", branch=revision, exist_ok=True)
-    log.info("uploading %s to %s%s", path, repo_id, f"@{revision}" if revision else "")
-    commit = api.upload_folder(
-        repo_id=repo_id, repo_type="model", folder_path=str(path), revision=revision, commit_message="Upload sparse model (llmsparse)"
-    )
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id=repo_id, repo_type="model", branch=revision, exist_ok=True)
+        log.info("uploading %s to %s%s", path, repo_id, f"@{revision}" if revision else "")
+        commit = api.upload_folder(
+            repo_id=repo_id, repo_type="model", folder_path=str(path), revision=revision, commit_message="Upload sparse model (llmsparse)"
+        )
+    except Exception as err:  # network, endpoint, authentication or Hub errors, whatever HTTP library raised them
+        first = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", str(err).strip().splitlines()[0]) if str(err).strip() else ""  # never a token
+        raise PushError(f"upload of {str(path)!r} to {repo_id} failed ({type(err).__name__}{': ' + first if first else ''}); the saved model is unchanged") from err
     return str(getattr(commit, "commit_url", commit))

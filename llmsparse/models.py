@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from . import formats
 from .activation import io as activation_io
 from .errors import CheckpointError, LlmsparseError, ModelError, unknown_name
+from .runtime.hf import load_compact
+from .runtime.load import RUNTIMES, convert_dense
 from .settings import Settings, api, setting
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,13 @@ class LoadSettings(Settings):
     dtype: str | torch.dtype | None = setting("auto", "weight dtype to load (auto: the checkpoint's)", choices=("auto", *DTYPES), recipe=False)
     trust_remote_code: bool = setting(False, "allow model code from the Hub to run (off by default)", recipe=False)
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model", cli=False, recipe=False)
+    runtime: str = setting(
+        "dense",
+        "how pruned matrices run: dense (ordinary Linear layers), sparse (kept compressed in memory and computed by CPU kernels; "
+        "a compact checkpoint is never made dense), auto (sparse where a matrix is sparse enough, else dense)",
+        choices=RUNTIMES,
+        recipe=False,
+    )
 
 
 @api(LoadSettings)
@@ -77,6 +87,7 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     GGUF files are dequantized once and cached as float32 safetensors, so later loads take
     seconds instead of minutes. Only safetensors weights are accepted (no pickle loading), and
     remote code runs only when ``trust_remote_code=True``. The model is returned in eval mode on CPU.
+    ``runtime='sparse'`` keeps pruned matrices compressed (:mod:`llmsparse.runtime`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -97,12 +108,14 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
     try:
         block = formats.sparsity_config(getattr(config, "quantization_config", None), source)
+        direct = False  # True: a compact checkpoint loaded straight into compressed layers
         if block is not None:
             if not local:  # a compact checkpoint on the Hub: fetch the files, then read them ourselves
                 from huggingface_hub import snapshot_download
 
                 source = snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-            model = _load_compact(Path(source), config, block, parse_dtype(dtype), trust_remote_code)
+            direct = s.runtime != "dense" and formats.checkpoint_format(block, source).runs_sparse
+            model = (load_compact if direct else _load_compact)(Path(source), config, block, parse_dtype(dtype), trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 source,
@@ -112,13 +125,18 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
                 revision=revision,
                 use_safetensors=True,
             )
+        if s.runtime != "dense" and not direct:  # dense weights (or a format without a sparse layout): compress what is sparse
+            convert_dense(model, source, required=s.runtime == "sparse")
     except LlmsparseError:
         raise
     except ValueError as err:
         raise ModelError(f"{type(config).__name__} ({config.model_type}) is not a causal LM llmsparse can load: {err}") from err
-    except OSError as err:
-        raise ModelError(f"cannot load weights from {source!r} (only safetensors are accepted): {err}") from err
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"cannot load weights from {source!r} (only safetensors are accepted; a corrupt or truncated file?): {err}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load a tokenizer from {source!r} (copy the base model's tokenizer files into it): {err}") from err
     model.eval()
     if getattr(config, activation_io.CONFIG_KEY, None):
         activation_io.restore_activation_state(
@@ -136,7 +154,8 @@ def _load_compact(directory: Path, config, block: dict, dtype: torch.dtype | Non
     except ImportError:  # transformers < 5
         from transformers.modeling_utils import no_init_weights
 
-    del config.quantization_config  # our own reader, not transformers' compressed-tensors quantizer
+    del config.quantization_config  # our own reader, not a transformers quantizer
+    config.__dict__.pop("transformers_weights", None)  # the message plain transformers stops at
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
     stored = DTYPES.get(stored, stored) if isinstance(stored, str) else stored
     with no_init_weights():

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import budgets, engine, masks
+from . import budgets, engine, layerwise, masks
 from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
+from .checks import check_weights, guard_statistics
 from .errors import ModelError
 from .layout import find_layers, get_weight, resolve_device, select_targets
 from .methods import METHODS, Method, get_method
 from .models import parse_dtype
+from .reconstruct import DEFAULT_ITERS, SOLVERS, TARGETS, Reconstruction
 from .report import MatrixReport, PruneReport
-from .settings import Settings, api, device_setting, setting
+from .settings import Settings, api, device_setting, regex, setting
 
 
 @dataclass
@@ -33,8 +35,8 @@ class PruneSettings(Settings):
     nsamples: int = nsamples_setting(128)
     seqlen: int = seqlen_setting(2048)
     seed: int = seed_setting()
-    targets: str | list[str] | None = setting(None, "prune only matrices whose name matches one of these regexes", nargs="+", metavar="REGEX")
-    ignore: str | list[str] | None = setting(None, "skip matrices whose name matches one of these regexes", nargs="+", metavar="REGEX")
+    targets: str | list[str] | None = setting(None, "prune only matrices whose name matches one of these regexes", nargs="+", metavar="REGEX", check=regex)
+    ignore: str | list[str] | None = setting(None, "skip matrices whose name matches one of these regexes", nargs="+", metavar="REGEX", check=regex)
     true_sequential: bool = setting(False, "re-collect inputs after each group of matrices inside a layer ([q,k,v] -> o -> [gate,up] -> down)")
     method_options: dict | None = setting({}, "options of the method (command line: --<method>-<option>)", cli=False)
     device: str | torch.device | None = device_setting()
@@ -47,6 +49,19 @@ class PruneSettings(Settings):
     layer_budget: str | list[float] = setting("uniform", "how sparsity is spread over decoder layers: uniform, owl (outlier-weighted), or (Python) one sparsity per layer", choices=budgets.BUDGETS)
     owl_m: float = setting(budgets.OWLConfig.m, f"OWL: {budgets.OWLConfig.help('m')}")
     owl_lambda: float = setting(budgets.OWLConfig.lam, f"OWL: {budgets.OWLConfig.help('lam')}")
+    reconstruct: str = setting(
+        "none",
+        "after the mask, re-solve the kept weights of every matrix by least squares: none, admm (Boza 2024) or pcg (conjugate gradients)",
+        choices=("none", *SOLVERS),
+    )
+    reconstruct_target: str = setting(
+        "pruned",
+        "reconstruct toward the dense layer's outputs on the pruned model's inputs (pruned) or on the dense model's inputs "
+        "(dense: also corrects error carried from earlier layers; keeps a second activation stream)",
+        choices=TARGETS,
+    )
+    reconstruct_iters: int | None = setting(None, f"solver iterations (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())})")
+    reconstruct_damp: float = setting(0.01, "ridge toward the dense weights, relative to each input's energy H_jj")
 
     def __post_init__(self) -> None:
         # a lone regex is one pattern (iterating it would match character by character)
@@ -72,7 +87,16 @@ def calibration_needs(pruner: Method, settings: PruneSettings) -> str | None:
     """Who needs calibration data in this run (for messages), or None when the run needs none."""
     if pruner.needs_calibration:
         return f"method {pruner.name!r}"
+    if settings.reconstruct != "none":
+        return f"--reconstruct {settings.reconstruct}"
     return "the OWL layer budget" if settings.layer_budget == "owl" else None
+
+
+def passes(settings: PruneSettings) -> list[Reconstruction]:
+    """The passes after the method that ``settings`` ask for."""
+    if settings.reconstruct == "none":
+        return []
+    return [Reconstruction(settings.reconstruct, settings.reconstruct_target, settings.reconstruct_iters, settings.reconstruct_damp)]
 
 
 @api(PruneSettings)
@@ -98,6 +122,8 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
             "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
             "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
         )
+    check_weights(model)  # a NaN/inf weight would give wrong masks without a word
+    guard_statistics(pruner)  # and so would NaN/inf calibration statistics
     layout = find_layers(model)
     budgets.check_layer_count(s.layer_budget, len(layout.layers))
     chosen = select_targets(model, s.targets, s.ignore)
@@ -119,7 +145,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
         sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
-        results = engine.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype)
+        results = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s))
     finally:
         model.train(was_training)
     finished = time.perf_counter()
@@ -131,7 +157,9 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
         rows.append(MatrixReport(r.name, r.layer, list(weight.shape), r.sparsity, int((weight == 0).sum()), r.result.error, r.result.notes))
     return PruneReport(
         method=s.method,
-        options=pruner.options() | ({"true_sequential": True} if s.true_sequential else {}),
+        options=pruner.options()
+        | ({"true_sequential": True} if s.true_sequential else {})
+        | ({k: getattr(s, k) for k in ("reconstruct", "reconstruct_target", "reconstruct_iters", "reconstruct_damp")} if s.reconstruct != "none" else {}),
         pattern=str(pat),
         sparsity=sparsity,
         matrices=rows,

@@ -9,6 +9,7 @@ Keys and value types are checked when the file is read, naming the key and the f
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def load_recipe(path: str | Path, kind: str = "prune") -> dict[str, Any]:
     keys = recipe_keys(kind)
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {str(path)!r} does not exist")
+        raise RecipeError(f"recipe {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -50,6 +51,12 @@ def load_recipe(path: str | Path, kind: str = "prune") -> dict[str, Any]:
         check_values(RECIPE_KINDS[kind], data, where=f"recipe {path}: ")
     except LlmsparseError as err:
         raise RecipeError(str(err)) from None
+    if data.get("method_options"):
+        method = next(f for f in dataclasses.fields(RECIPE_KINDS[kind]) if f.name == "method")
+        try:  # option names and value types of the recipe's method, checked now rather than at run time
+            method.metadata["choices"].create(data.get("method", method.default), **data["method_options"])
+        except LlmsparseError as err:
+            raise RecipeError(f"recipe {path}: method_options: {err}") from None
     return data
 
 

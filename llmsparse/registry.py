@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 from typing import Any, Generic, TypeVar
 
-from .errors import unknown_name
+from .errors import SettingsError, unknown_name
 
 T = TypeVar("T")
 
@@ -49,12 +49,27 @@ def config_fields(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls.Config))
 
 
+def _fits(value: Any, default: Any) -> bool:
+    """True when ``value`` has the type of an option whose default is ``default`` (ints count as floats, bools only as bools)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    return True
+
+
 def make_config(cls: type, name: str, options: dict[str, Any]):
-    """``cls.Config(**options)``, refusing unknown options with the list of known ones."""
-    fields = {f.name for f in config_fields(cls)}
-    unknown = sorted(set(options) - fields)
+    """``cls.Config(**options)``, refusing unknown options with the list of known ones, and values of another type than the default's."""
+    fields = {f.name: f for f in config_fields(cls)}
+    unknown = sorted(set(options) - set(fields))
     if unknown:
         raise unknown_name(f"{name} option", unknown[0], fields)
+    for key, value in options.items():
+        default = fields[key].default
+        if default is not dataclasses.MISSING and default is not None and not _fits(value, default):
+            raise SettingsError(f"{name} option {key} must be {type(default).__name__}, got {type(value).__name__} {value!r}")
     return cls.Config(**options)
 
 

@@ -6,7 +6,10 @@ how it appears elsewhere (``recipe=False``: not a recipe key; ``cli=False``: no 
 another flag name; ``choices``: allowed values, or a registry). From those fields
 :func:`api` builds the Python signature, :mod:`llmsparse.recipe` the recipe keys, and
 :mod:`llmsparse.cli.flags` the command-line flags with "(default ...)" in their help.
-Values are type-checked when a settings object is made, so ``nsamples=4.7`` fails at once.
+Values are type-checked when a settings object is made, so ``nsamples=4.7`` fails at once; a
+field's ``check`` (:func:`at_least`, :func:`greater_than`, :func:`in_range`, :func:`regex`, :func:`nonempty`,
+:func:`known_device`) also refuses values of the right type outside its range, in Python, in
+recipes and (through :mod:`llmsparse.cli.flags`) on the command line.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +28,76 @@ from typing import Any
 from .errors import SettingsError, UnknownNameError, check_choice
 
 _MISSING = dataclasses.MISSING
+
+#: A field's value check: what is wrong with one value (a phrase such as "must be at least 1"), or None.
+Check = Callable[[Any], "str | None"]
+
+
+def at_least(low: float) -> Check:
+    """Numbers ``>= low``."""
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def greater_than(low: float) -> Check:
+    """Numbers ``> low``."""
+    return lambda value: None if value > low else f"must be greater than {low}"
+
+
+def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
+    """Numbers between ``low`` and ``high`` (each end closed unless ``*_open``); NaN is outside."""
+    text = f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def check(value: float) -> str | None:
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return None if above and below else text
+
+    return check
+
+
+def regex(value: str) -> str | None:
+    """A valid regular expression."""
+    try:
+        re.compile(value)
+    except re.error as err:
+        return f"is not a valid regex ({err})"
+    return None
+
+
+def nonempty(value: str) -> str | None:
+    """A string with something besides white space."""
+    return None if value.strip() else "must not be empty"
+
+
+def known_device(value: Any) -> str | None:
+    """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``...)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        return "is not a device (e.g. cpu, cuda, cuda:1, mps)"
+    if device.type == "cpu":
+        return None
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        return f"is not available on this machine (no {device.type} support in this torch build or no such hardware)"
+    count = getattr(getattr(torch, device.type, None), "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        return f"names device {device.index}, but this machine has {count()} {device.type} device(s)"
+    return None
+
+
+def check_of(f: dataclasses.Field, value: Any) -> str | None:
+    """What ``f``'s check says about ``value`` (each element of a list; None is fine)."""
+    check = f.metadata.get("check")
+    if check is None or value is None:
+        return None
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        complaint = check(item)
+        if complaint:
+            return complaint
+    return None
 
 
 def setting(
@@ -39,8 +113,13 @@ def setting(
     nargs: str | None = None,
     action: str | None = None,
     positional: bool = False,
+    check: Check | None = None,
 ) -> Any:
-    """A settings field: ``default`` (``dataclasses.MISSING``: required) plus the metadata the recipe and CLI builders read."""
+    """A settings field: ``default`` (``dataclasses.MISSING``: required) plus the metadata the recipe and CLI builders read.
+
+    ``check(value)`` returns what is wrong with a value of the right type (``"must be at least 1"``)
+    or None; it sees each element of a list and is skipped for None.
+    """
     meta = {
         "help": help,
         "recipe": recipe,
@@ -52,6 +131,7 @@ def setting(
         "nargs": nargs,
         "action": action,
         "positional": positional,
+        "check": check,
     }
     if default is _MISSING:
         return dataclasses.field(metadata=meta)
@@ -112,13 +192,16 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
-    """Raise :class:`SettingsError` naming the key for values of the wrong type or outside their choices."""
+    """Raise :class:`SettingsError` naming the key for values of the wrong type, outside their range, or outside their choices."""
     hints, fields = _hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:
             continue
         if not _matches(value, hints[key]):
             raise SettingsError(f"{where}{key} must be {_describe(hints[key])}, got {type(value).__name__} {value!r}")
+        complaint = check_of(fields[key], value)
+        if complaint:
+            raise SettingsError(f"{where}{key} {complaint}, got {value!r}")
         choices = choices_of(fields[key])
         if choices is not None and isinstance(value, str):
             kind, allowed = choices
@@ -191,4 +274,4 @@ def api(cls: type[Settings]) -> Callable:
 
 def device_setting() -> Any:
     """The compute device field, shared by every run that computes."""
-    return setting(None, "compute device, e.g. cpu or cuda (default: cuda if available)", recipe=False)
+    return setting(None, "compute device, e.g. cpu or cuda (default: cuda if available)", recipe=False, check=known_device)

@@ -90,3 +90,46 @@ class InputMoments(InputNorms):
     def var(self) -> torch.Tensor:
         mean = self._sum / self.tokens
         return (self._sumsq / self.tokens - mean.pow(2)).clamp_min(0).float()
+
+
+class CrossHessian(Hessian):
+    """:class:`Hessian` of the pruned model's inputs ``x`` plus ``G = (2/N) * sum x x_dᵀ`` with the dense model's ``x_d``.
+
+    Reconstruction toward the dense layer's outputs on the dense model's inputs needs both (see
+    :mod:`llmsparse.reconstruct`); the engine feeds each token's two inputs together (``update(x, x_d)``).
+    """
+
+    paired = True
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        super().__init__(columns, device)
+        self.G = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+
+    def update(self, x: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        tokens, b = _tokens(x)
+        dense_tokens, _ = _tokens(dense)
+        n = self.sequences
+        self.G.mul_(n / (n + b)).addmm_(tokens.t(), dense_tokens, alpha=2 / (n + b))
+        super().update(x)
+
+
+class Bundle:
+    """The statistics of one matrix input for the method and for each pass after it (one object per shared input).
+
+    ``method`` is the method's own statistics (or None), ``passes`` one object per pass; a pass may
+    reuse the method's object (both need the same Hessian), which is then updated once.
+    """
+
+    def __init__(self, method, passes: list):
+        self.method = method
+        self.passes = passes
+        unique = {id(s): s for s in [method, *passes] if s is not None}
+        self._all = list(unique.values())
+        self.paired = any(getattr(s, "paired", False) for s in self._all)
+
+    def update(self, x: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        for s in self._all:
+            if getattr(s, "paired", False):
+                s.update(x, dense)
+            else:
+                s.update(x)

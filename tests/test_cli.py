@@ -156,14 +156,20 @@ def test_unsupported_and_missing_models(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_non_empty_output_needs_overwrite(model_dir, tmp_path):
+def test_non_empty_output_needs_overwrite_and_only_replaces_an_llmsparse_output(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.5")) == 2
+    assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.5", "--overwrite")) == 2
+    assert "not an llmsparse output" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.5", "--overwrite")) == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    (out / "keep.txt").unlink()
+    assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.5")) == 0  # empty: no --overwrite needed
+    (out / "extra.txt").write_text("from an earlier run")
+    assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.6", "--overwrite")) == 0
+    assert not (out / "extra.txt").exists() and (out / "config.json").is_file()
+    assert json.loads((out / "llmsparse.json").read_text())["recipe"]["sparsity"] == 0.6
 
 
 def test_methods_listing(capsys):

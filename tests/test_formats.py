@@ -83,7 +83,7 @@ def test_bitmask_layout_is_readable_with_numpy(tokenizer, tmp_path, calib_ids):
     model, report = pruned("llama", None, calib_ids)
     out = llmsparse.save_pruned(model, tokenizer, tmp_path / "out", report=report, format="bitmask")
     name = "model.layers.1.mlp.down_proj"
-    with safe_open(out / "model.safetensors", "np") as f:
+    with safe_open(out / "llmsparse.safetensors", "np") as f:
         shape = f.get_tensor(f"{name}.shape")
         values = f.get_tensor(f"{name}.compressed")
         bits = f.get_tensor(f"{name}.bitmask")
@@ -100,7 +100,7 @@ def test_bitmask_layout_is_readable_with_numpy(tokenizer, tmp_path, calib_ids):
 def test_corrupt_and_partial_checkpoints_are_named(tokenizer, tmp_path, calib_ids):
     model, report = pruned("llama", None, calib_ids)
     out = llmsparse.save_pruned(model, tokenizer, tmp_path / "out", report=report, format="bitmask")
-    weights = out / "model.safetensors"
+    weights = out / "llmsparse.safetensors"
     tensors = load_file(weights)
     name = "model.layers.0.self_attn.q_proj"
 

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from .. import engine
 from ..calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
+from ..checks import check_inputs, check_weights
 from ..errors import SettingsError, SparsityError
 from ..layout import find_layers, resolve_device
-from ..settings import Settings, api, device_setting, setting
+from ..settings import Settings, api, at_least, device_setting, in_range, setting
 from .base import ACTIVATION_METHODS, ActivationMethod, Captured, check_sparsity, get_activation_method
 from .greedy import GREEDY_ERRORS, block_error, greedy_allocation
 from .report import ActivationReport
@@ -49,8 +50,8 @@ class SparsifySettings(Settings):
     method_options: dict | None = setting({}, "options of the method (command line: --<method>-<option>)", cli=False)
     device: str | torch.device | None = device_setting()
     text_field: str = text_field_setting()
-    greedy_step: float = setting(0.05, "greedy: sparsity step of a q-sized projection")
-    greedy_samples: int = setting(4, "greedy: calibration sequences used to measure block error")
+    greedy_step: float = setting(0.05, "greedy: sparsity step of a q-sized projection", check=in_range(0, 1, low_open=True))
+    greedy_samples: int = setting(4, "greedy: calibration sequences used to measure block error", check=at_least(1))
     greedy_error: str = setting(
         "relative",
         "greedy: block-output error to minimise: relative (each token's squared error over its squared norm), "
@@ -156,6 +157,7 @@ def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings =
     """
     start = time.perf_counter()
     act_method = check_request(s)
+    check_weights(model)  # NaN/inf weights would give NaN thresholds without a word
     blocks = find_blocks(model)
     for block in blocks:
         act_method.check(block)
@@ -199,6 +201,7 @@ def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings =
         def visit(i, layer, hidden, call, masters):
             block = blocks[i]
             captured = capture(layer, block, hidden, call, device, act_method.needs_act)
+            check_inputs(f"layer {i}", {**captured.inputs, "activation": captured.act, "up mean": captured.up_abs_mean})
             build(block, act_method.prepare(block, captured), layer, hidden, call)
 
         engine.walk_layers(layout, ids, device, dtype, visit, f"{act_method.name} calibration")

@@ -9,11 +9,11 @@ path (``F.embedding_bag`` over the kept rows), which computes the same thing mor
 from __future__ import annotations
 
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import KernelBuildError
+from ..runtime.kernel import build
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,7 @@ SOURCE = Path(__file__).parent / "csrc" / "sparse_gemv.cpp"
 @lru_cache(maxsize=1)
 def load():
     """The compiled extension module (built on the first call; cached on disk by torch)."""
-    from torch.utils import cpp_extension
-
-    flags = ["-O3", "-fopenmp"] + ([] if os.environ.get("LLMSPARSE_PORTABLE_KERNEL") else ["-march=native"])
-    try:
-        return cpp_extension.load(
-            name="llmsparse_sparse_gemv", sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
-        )
-    except (OSError, RuntimeError, ImportError, SystemExit) as err:
-        raise KernelBuildError(f"could not build the C++ sparse decode kernel ({err}); needs a C++ compiler and ninja") from err
+    return build("llmsparse_sparse_gemv", [SOURCE], native=True)
 
 
 def available() -> bool:
@@ -42,4 +34,3 @@ def available() -> bool:
         log.warning("%s", err)
         return False
     return True
-

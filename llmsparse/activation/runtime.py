@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check_choice
+from ..runtime.linear import SparseLinear
 from . import kernel as _kernel
 
 PREFILL = ("all", "none", "last-half")
@@ -190,7 +191,9 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
     """Use the sparse decode path for batch-1, one-token calls of every sparsified Linear.
 
     Each weight is stored transposed (``[in, out]``, input channels contiguous) and the Linear's
-    weight becomes a view of it, so memory does not grow; prompts still use ordinary matmuls.
+    weight becomes a view of it, so memory does not grow; prompts still use ordinary matmuls. A
+    compressed Linear of the sparse runtime (:class:`~llmsparse.runtime.SparseLinear`) is re-stored
+    input-major instead, and its own kernel skips the zeroed inputs (weight and activation sparsity fused).
     ``kernel``: ``cpp`` (the compiled extension), ``torch`` (``F.embedding_bag``, no compiler
     needed) or ``auto`` (cpp where it builds, else torch with a warning). Both compute the same
     result up to float summation order. Call it after moving the model to its device. Returns the
@@ -204,7 +207,10 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
     count = 0
     for name, site in sites_of(model).items():
         module = model.get_submodule(name)
-        if isinstance(module, nn.Linear) and site.wt is None:
+        if isinstance(module, SparseLinear):
+            module.use_input_major(True)
+            count += 1
+        elif isinstance(module, nn.Linear) and site.wt is None:
             site.wt = module.weight.data.t().contiguous()
             module.weight.data = site.wt.t()
             site.kernel = kernel
@@ -213,9 +219,11 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
 
 
 def disable_sparse_decode(model: nn.Module) -> None:
-    """Back to ordinary matmuls with contiguous ``[out, in]`` weights."""
+    """Back to ordinary matmuls with contiguous ``[out, in]`` weights (compressed Linears: output-major again)."""
     for name, site in sites_of(model).items():
-        if site.wt is not None:
+        if isinstance(model.get_submodule(name), SparseLinear):
+            model.get_submodule(name).use_input_major(False)
+        elif site.wt is not None:
             module = model.get_submodule(name)
             module.weight.data = module.weight.data.contiguous()
             site.wt = None

@@ -73,7 +73,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
             role = _role(name) if isinstance(module, nn.Linear) else None
             if role is not None:
                 block.linears[role], block.names[role] = module, f"{prefix}.{name}"
-                block.sizes[role] = module.weight.numel()
+                block.sizes[role] = module.in_features * module.out_features
             elif name.rsplit(".", 1)[-1] in ACT_NAMES and isinstance(module, nn.Module):
                 block.act, block.act_name = module, f"{prefix}.{name}"
         if "down" not in block.linears or not ({"up", "gate_up"} & block.linears.keys()):

@@ -8,8 +8,10 @@ from pathlib import Path
 from ..card import update_card
 from ..evaluation.compare import EvalSettings, comma_list, compare
 from ..export import METADATA_FILE
-from ..models import LoadSettings
-from . import flags
+from ..models import LoadSettings, check_source
+from ..outdir import check_results_dir
+from ..text import check_eval_source
+from . import flags, preflight
 
 HELP = "dense vs sparse: several models on the same tasks, one table"
 DESCRIPTION = "Evaluate several models on the same tasks and perplexity; the first is the baseline. Saves comparison.json and comparison.md."
@@ -26,9 +28,22 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-card", action="store_true", help="put the table into the model card (README.md) of every compared llmsparse directory")
 
 
+def check_before_loading(models: list[str], settings: EvalSettings, output: str | None, trust_remote_code: bool = False) -> None:
+    """The settings, the models' directories, the perplexity text and the results directory, checked before any model loads."""
+    settings.check()
+    for source in models:
+        check_source(source)
+        preflight.model_dir(source, trust_remote_code)
+    if settings.ppl:
+        check_eval_source(settings.ppl)
+    if output:
+        check_results_dir(output)
+
+
 def run_compare(models: list[str], labels: list[str] | None, settings: EvalSettings, args: argparse.Namespace) -> int:
+    check_before_loading(models, settings, args.output, bool(args.trust_remote_code))
     load = LoadSettings(**flags.given(LoadSettings, args))
-    result = compare(models, settings, labels, load.dtype, args.device, load.trust_remote_code)
+    result = compare(models, settings, labels, load.dtype, args.device, load.trust_remote_code, load.runtime)
     print(result.markdown())
     if args.output:
         for path in result.save(args.output):

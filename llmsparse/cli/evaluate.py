@@ -10,7 +10,6 @@ from ..activation import measure_activation_sparsity, settings_of
 from ..evaluation.compare import EvalSettings, evaluate_model
 from ..evaluation.harness import check_tasks, task_manager
 from ..layout import resolve_device
-from ..models import check_source
 from . import compare, flags
 
 HELP = "perplexity and lm-eval tasks of a model (optionally against a baseline)"
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     settings.check()
     if args.compare:
         return compare.run_compare([args.compare, args.model], None, settings, args)
-    check_source(args.model)
+    compare.check_before_loading([args.model], settings, args.output, bool(args.trust_remote_code))
     if settings.tasks:
         check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     model, tokenizer = flags.load(args)

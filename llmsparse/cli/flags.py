@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import LlmsparseError, SettingsError, UnknownNameError, check_choice
 from ..models import MODEL_HELP, LoadSettings, load_model
 from ..registry import Registry, config_fields
-from ..settings import Settings, choices_of, default_of, device_setting, setting
+from ..settings import Settings, check_of, choices_of, default_of, device_setting, setting
 
 MISSING = dataclasses.MISSING
 
@@ -60,6 +60,22 @@ def _chooser(kind: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _checked(parse: Callable[[str], Any], f: dataclasses.Field) -> Callable[[str], Any]:
+    """``parse`` followed by the field's value check, so a bad value is an argparse error (one line, exit 2)."""
+    if not f.metadata.get("check"):
+        return parse
+
+    def parse_and_check(text: str) -> Any:
+        value = parse(text)
+        complaint = check_of(f, value)
+        if complaint:
+            raise argparse.ArgumentTypeError(f"{complaint}, got {text!r}")
+        return value
+
+    parse_and_check.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in "invalid int value"
+    return parse_and_check
+
+
 def _shown(default: Any) -> str | None:
     if default is MISSING or default is None or default is False or default == [] or default == {}:
         return None
@@ -97,7 +113,7 @@ def add_settings(
             kwargs.update(action="store_const", const=True)
         else:
             choices = choices_of(f)
-            kwargs["type"] = _chooser(*choices) if choices else meta.get("parse") or kind
+            kwargs["type"] = _checked(_chooser(*choices) if choices else meta.get("parse") or kind, f)
             kwargs["metavar"] = meta.get("metavar") or names[0].lstrip("-").replace("-", "_").upper()
             for key in ("nargs", "action"):
                 if meta.get(key):
@@ -151,12 +167,16 @@ def option_values(args: argparse.Namespace, chosen: str) -> dict[str, Any]:
 
 
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run ``command``; an :class:`~llmsparse.errors.LlmsparseError` becomes one line on stderr and exit code 2."""
+    """Run ``command``; an :class:`~llmsparse.errors.LlmsparseError` becomes one line on stderr and exit code 2,
+    Ctrl-C one line and exit code 130 (the run's temporary files are removed on the way out)."""
     try:
         return command(args)
     except LlmsparseError as err:
-        print(f"llmsparse: error: {err}", file=sys.stderr)
+        print(f"llmsparse: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("llmsparse: interrupted", file=sys.stderr)
+        return 130
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from ..activation import enable_sparse_decode, settings_of
 from ..activation.decode import GenerateSettings, timed_generate
 from ..errors import SettingsError
 from ..layout import resolve_device
-from . import flags
+from . import flags, preflight
 
 HELP = "greedy generation at batch size 1, with tokens/s"
 DESCRIPTION = "Greedy decoding with timing; --sparse-decode uses the sparse kernel of activation-sparse models."
@@ -23,6 +23,9 @@ def add(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = GenerateSettings(**flags.given(GenerateSettings, args))
+    directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
+    if directory is not None:
+        preflight.check_length(directory, settings.max_new_tokens, bool(args.trust_remote_code), "max_new_tokens", SettingsError)
     model, tokenizer = flags.load(args)
     model.to(resolve_device(args.device))
     if settings.sparse_decode:
@@ -31,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
         enable_sparse_decode(model)
     t = timed_generate(model, tokenizer, settings.prompt, settings.max_new_tokens)
     print(t.text)
-    print(
-        f"{t.new_tokens} tokens in {t.decode_s:.2f} s: {t.tokens_per_s:.2f} tokens/s (prompt: {t.prompt_tokens} tokens in {t.prefill_s:.2f} s)",
-        file=sys.stderr,
-    )
+    speed = f"{t.decode_steps} decode steps in {t.decode_s:.2f} s, {t.tokens_per_s:.2f} tokens/s" if t.decode_steps else "no decode steps"
+    print(f"{t.new_tokens} new tokens ({speed}; prompt: {t.prompt_tokens} tokens and the first new token in {t.prefill_s:.2f} s)", file=sys.stderr)
     return 0

@@ -8,14 +8,14 @@ from ..calibration import check_calib
 from ..methods import METHODS
 from ..pruning import PruneSettings, calibration_needs, check_request, prune
 from ..recipe import load_recipe
-from . import flags, tail
+from . import flags, preflight, tail
 
 HELP = "one-shot, layer-by-layer pruning"
 DESCRIPTION = "Prune the decoder Linear layers of a causal LM."
 
 
 def add(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = set()
+    seen: set[str] = {"runtime"}  # no --runtime: pruning edits dense weights
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with prune() arguments; flags given on the command line override it")
     flags.add_settings(parser, PruneSettings, seen, "pruning")
@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     method, _, pattern = check_request(settings)
     needs = calibration_needs(method, settings)
     if needs:
-        check_calib(settings.calib, needs)
-    tail.check_output(args, pattern)
-    model, tokenizer = flags.load(args)
-    return tail.finish(args, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings)), settings, "report")
+        check_calib(settings.calib, needs, settings.text_field)
+    directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
+    if directory is not None:
+        preflight.check_shapes(directory, settings, pattern, bool(needs), bool(args.trust_remote_code))
+    with tail.claimed_output(args, settings, pattern) as out:
+        model, tokenizer = flags.load(args)
+        return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings)), settings, "report")

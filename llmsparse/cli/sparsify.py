@@ -8,14 +8,14 @@ from ..activation import ACTIVATION_METHODS, SparsifySettings, check_request, me
 from ..calibration import check_calib
 from ..layout import resolve_device
 from ..recipe import load_recipe
-from . import flags, tail
+from . import flags, preflight, tail
 
 HELP = "training-free activation sparsity (TEAL, WINA, CHESS)"
 DESCRIPTION = "Calibrate activation thresholds and save them with the model."
 
 
 def add(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = set()
+    seen: set[str] = {"runtime"}  # no --runtime: calibration reads dense weights
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with sparsify_activations() arguments; flags given on the command line override it")
     flags.add_settings(parser, SparsifySettings, seen, "activation sparsity")
@@ -28,14 +28,18 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from(SparsifySettings, args, load_recipe(args.recipe, "sparsify") if args.recipe else None, ACTIVATION_METHODS)
     # everything that can be checked before the (slow) model load
     method = check_request(settings)
-    if method.needs_calibration(settings.allocation):
-        check_calib(settings.calib, f"{method.name} with {settings.allocation} allocation")
-    tail.check_output(args)
-    model, tokenizer = flags.load(args)
-    model.to(resolve_device(args.device))
+    calibrated = method.needs_calibration(settings.allocation)
+    if calibrated:
+        check_calib(settings.calib, f"{method.name} with {settings.allocation} allocation", settings.text_field)
+    directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
+    if directory is not None and calibrated:
+        preflight.check_length(directory, settings.seqlen, bool(args.trust_remote_code))
+    with tail.claimed_output(args, settings) as out:
+        model, tokenizer = flags.load(args)
+        model.to(resolve_device(args.device))
 
-    def measure(report, check: tail.PplCheck) -> None:
-        report.measured = measure_activation_sparsity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, min(check.ppl_windows or 4, 4))
+        def measure(report, check: tail.PplCheck) -> None:
+            report.measured = measure_activation_sparsity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, min(check.ppl_windows or 4, 4))
 
-    work = lambda: sparsify_activations(model, tokenizer, **vars(settings))  # noqa: E731
-    return tail.finish(args, model, tokenizer, work, settings, "activation", measure, recipe_kind="sparsify")
+        work = lambda: sparsify_activations(model, tokenizer, **vars(settings))  # noqa: E731
+        return tail.finish(args, out, model, tokenizer, work, settings, "activation", measure, recipe_kind="sparsify")

@@ -1,25 +1,31 @@
 """The end of every run that changes a model (``prune``, ``sparsify``): perplexity before and after, summary, save, push.
 
-Its flags come from :class:`OutputSettings` and :class:`PplCheck`; :func:`check_output` runs before
-the model loads, :func:`finish` after the work.
+Its flags come from :class:`OutputSettings` and :class:`PplCheck`. :func:`claimed_output` runs
+before the model loads: it checks the format, the evaluation text and the output directory, and
+holds the output (:func:`llmsparse.outdir.claim`) until the run ends, so a second run into the
+same directory is refused at once; :func:`finish` runs after the work.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SettingsError
 from ..evaluation.ppl import perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting
-from ..export import check_output_dir, save_pruned
-from ..formats import FORMATS, Format, get_format
+from ..export import save_pruned
+from ..formats import FORMATS, get_format
 from ..hub import push
 from ..layout import resolve_device
 from ..masks import Pattern
+from ..outdir import claim
 from ..settings import Settings, setting
+from ..text import check_eval_source
 from .flags import given
 
 
@@ -28,7 +34,7 @@ class OutputSettings(Settings):
     """Where a changed model goes: the output directory, its format, and the Hub."""
 
     output: str | None = setting(None, "directory for the model (safetensors, tokenizer, recipe.yaml, reports, model card)")
-    overwrite: bool = setting(False, "replace a non-empty --output directory")
+    overwrite: bool = setting(False, "replace a non-empty --output directory that holds a previous llmsparse output")
     format: str = setting(
         "dense",
         f"how the pruned matrices are stored: {', '.join(n for n in FORMATS if n != 'N:M')} or an N:M pattern such as 2:4; "
@@ -48,17 +54,35 @@ class PplCheck(Settings):
     ppl_windows: int | None = ppl_windows_setting()
 
 
-def check_output(args: argparse.Namespace, pattern: Pattern | None = None) -> tuple[OutputSettings, Format]:
-    """The output settings and format, checked before the (slow) model load; ``pattern``: what the run prunes."""
+def check_output(args: argparse.Namespace, pattern: Pattern | None = None) -> OutputSettings:
+    """The output settings, with the format checked against ``pattern`` (what the run prunes) and the Hub upload against ``--output``."""
     out = OutputSettings(**given(OutputSettings, args))
     fmt = get_format(out.format)
     if pattern is not None:
         fmt.check(pattern)
     if out.push_to_hub and not out.output:
         raise SettingsError("--push-to-hub uploads the saved model: give --output DIR as well")
-    if out.output:
-        check_output_dir(out.output, out.overwrite)
-    return out, fmt
+    return out
+
+
+def run_inputs(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The files and directories a run reads (model, calibration text, recipe, evaluation text): the output may not hold them."""
+    found = [args.model, getattr(settings, "calib", None), getattr(args, "recipe", None), getattr(args, "eval_ppl", None)]
+    return [str(x) for x in found if isinstance(x, (str, os.PathLike))]
+
+
+@contextmanager
+def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Pattern | None = None) -> Iterator[OutputSettings]:
+    """Everything about the output and the evaluation text checked before the model loads; the output is held until the run ends."""
+    out = check_output(args, pattern)
+    check = PplCheck(**given(PplCheck, args))
+    if check.eval_ppl:
+        check_eval_source(check.eval_ppl)
+    if not out.output:
+        yield out
+        return
+    with claim(out.output, out.overwrite, run_inputs(args, settings)):
+        yield out
 
 
 def run_recipe(settings: Settings, report) -> dict[str, Any]:
@@ -70,6 +94,7 @@ def run_recipe(settings: Settings, report) -> dict[str, Any]:
 
 def finish(
     args: argparse.Namespace,
+    out: OutputSettings,
     model,
     tokenizer,
     work: Callable[[], Any],
@@ -82,9 +107,8 @@ def finish(
 
     The report goes to :func:`~llmsparse.save_pruned` as ``report_arg`` (``report`` or ``activation``),
     with the run's own arguments ``save``; ``after_eval(report, check)`` adds what a run measures on
-    the evaluation text.
+    the evaluation text. ``out`` comes from :func:`claimed_output`, which holds the output directory.
     """
-    out, _ = check_output(args)
     check = PplCheck(**given(PplCheck, args))
     device = resolve_device(args.device)
     if check.eval_ppl:
@@ -109,6 +133,7 @@ def finish(
             base_model=args.model,
             format=out.format,
             overwrite=out.overwrite,
+            inputs=run_inputs(args, settings),
             **{report_arg: report},
             **save,
         )

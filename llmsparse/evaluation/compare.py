@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import EvaluationError
 from ..layout import get_weight, resolve_device, target_weights
 from ..models import check_source, load_model
-from ..settings import Settings, setting
+from ..settings import Settings, at_least, greater_than, setting
 from .harness import TaskResults, check_tasks, evaluate, task_manager
 from .ppl import PerplexityResult, perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting
 
@@ -45,18 +45,24 @@ def batch_size_value(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def batch_size_check(value: int | str) -> str | None:
+    """A positive batch size, or lm-eval's ``auto`` / ``auto:N``."""
+    ok = value >= 1 if isinstance(value, int) else value == "auto" or (value.startswith("auto:") and value[5:].isdigit())
+    return None if ok else "must be a positive integer, 'auto' or 'auto:N'"
+
+
 @dataclass
 class EvalSettings(Settings):
     """What every compared model is evaluated on (one object, so all rows share it); also the evaluation flags."""
 
     tasks: list[str] = setting([], "comma-separated lm-eval tasks, e.g. hellaswag,arc_easy or local ones (see --include-path)", parse=comma_list)
-    limit: int | float | None = setting(None, "documents per task (an integer, or a fraction below 1)", parse=limit_value)
-    num_fewshot: int | None = setting(None, "few-shot examples (default: the task's)")
-    batch_size: int | str = setting(1, "lm-eval batch size, or 'auto'", parse=batch_size_value)
+    limit: int | float | None = setting(None, "documents per task (an integer, or a fraction below 1)", parse=limit_value, check=greater_than(0))
+    num_fewshot: int | None = setting(None, "few-shot examples (default: the task's)", check=at_least(0))
+    batch_size: int | str = setting(1, "lm-eval batch size, or 'auto'", parse=batch_size_value, check=batch_size_check)
     include_path: list[str] = setting(
         [], "directory of extra task YAMLs (repeatable), e.g. from eval/build_tasks.py", action="append", metavar="DIR"
     )
-    max_length: int | None = setting(None, "lm-eval context window in tokens (default: lm-eval's choice from the model config)")
+    max_length: int | None = setting(None, "lm-eval context window in tokens (default: lm-eval's choice from the model config)", check=at_least(1))
     ppl: str | None = ppl_setting()
     ppl_seqlen: int = ppl_seqlen_setting()
     ppl_windows: int | None = ppl_windows_setting()
@@ -177,9 +183,17 @@ class Comparison:
 
 
 def compare(
-    models: list[str], settings: EvalSettings, labels: list[str] | None = None, dtype: str = "auto", device=None, trust_remote_code: bool = False
+    models: list[str],
+    settings: EvalSettings,
+    labels: list[str] | None = None,
+    dtype: str = "auto",
+    device=None,
+    trust_remote_code: bool = False,
+    runtime: str = "dense",
 ) -> Comparison:
     """Load each model in turn (the first is the baseline), evaluate it with ``settings``, and return the table.
+
+    ``runtime`` is :func:`~llmsparse.load_model`'s (``auto`` loads a dense baseline densely and sparse models compressed).
 
     Every path is checked before the first (slow) load, so a typo fails at once.
     """
@@ -195,7 +209,7 @@ def compare(
         check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     rows = []
     for source, label in zip(models, labels):
-        model, tokenizer = load_model(source, dtype, trust_remote_code)
+        model, tokenizer = load_model(source, dtype, trust_remote_code, runtime=runtime)
         model.to(resolve_device(device))
         rows.append(evaluate_model(model, tokenizer, label, settings))
         del model

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import EvaluationError
-from ..settings import setting
+from ..errors import EvaluationError, SettingsError
+from ..settings import at_least, setting
 from ..text import eval_text
 
 
@@ -24,11 +24,11 @@ def ppl_setting(help: str = "perplexity on a text file (non-empty lines are docu
 
 
 def ppl_seqlen_setting():
-    return setting(1024, "perplexity window length")
+    return setting(1024, "perplexity window length", check=at_least(2))
 
 
 def ppl_windows_setting():
-    return setting(None, "perplexity windows from the start (default: all)")
+    return setting(None, "perplexity windows from the start (default: all)", check=at_least(1))
 
 
 @dataclass
@@ -46,6 +46,8 @@ class PerplexityResult:
 @torch.no_grad()
 def perplexity(model, tokenizer, source: str, seqlen: int = 1024, windows: int | None = None) -> PerplexityResult:
     """Perplexity of ``model`` on ``source`` over the first ``windows`` windows (all when ``None``)."""
+    if seqlen < 2 or (windows is not None and windows < 1):
+        raise SettingsError(f"perplexity needs seqlen >= 2 and windows >= 1 (or None: all), got seqlen {seqlen} and windows {windows}")
     ids = tokenizer(eval_text(source), return_tensors="pt").input_ids[0]
     available = ids.numel() // seqlen
     count = available if windows is None else min(windows, available)

@@ -1,12 +1,15 @@
 """Compact sparse checkpoints: each format is one registered class (:mod:`.base`); this module writes and reads checkpoints with them.
 
 :func:`compress_checkpoint` rewrites a saved model's shards, replacing each pruned ``<module>.weight``
-by the format's tensors, and records the format in ``config.json`` as
-``quantization_config = {"quant_method": "compressed-tensors", "format": "dense", "sparsity_config":
-{"format": ..., "sparsity_structure": ..., "targets": [...], "global_sparsity": ..., ...}}``
-(the legacy compressed-tensors layout). :func:`read_state` yields the dense tensors back, one
-matrix at a time, with the format named there. Every module of this package is imported here, so
-a new format is one new file.
+by the format's tensors. The shards are renamed ``llmsparse*.safetensors`` (a name no stock loader
+looks for) and ``config.json`` records ``quantization_config = {"quant_method": "llmsparse",
+"weights": <file>, "sparsity_config": {"format": ..., "sparsity_structure": ..., "targets": [...],
+"global_sparsity": ..., ...}}``, plus a ``transformers_weights`` entry that makes plain
+``transformers`` stop with a message naming llmsparse instead of loading random weights (with
+llmsparse imported, its quantizer points transformers at the real file). Checkpoints written
+before that (``model*.safetensors`` with ``quant_method: compressed-tensors`` and the same
+``sparsity_config``) are still read. :func:`read_state` yields the dense tensors back, one matrix
+at a time. Every module of this package is imported here, so a new format is one new file.
 """
 
 from __future__ import annotations
@@ -26,28 +29,55 @@ from .base import FORMATS, Format, get_format, register, tensor_bytes
 import_submodules(__name__, __path__)
 
 INDEX = "model.safetensors.index.json"
+#: quantization_config["quant_method"] of compact checkpoints (transformers runs llmsparse's quantizer for it).
+QUANT_METHOD = "llmsparse"
+#: File stem of a compact checkpoint's weights: llmsparse.safetensors, or llmsparse-0000k-of-0000n.safetensors + llmsparse.safetensors.index.json.
+STEM = "llmsparse"
+LEGACY_QUANT_METHOD = "compressed-tensors"
+#: config.json's transformers_weights in a compact checkpoint: not a safetensors name, so transformers
+#: refuses it and prints it (llmsparse's quantizer replaces it by the weights file before loading).
+GUARD = (
+    "this is a compact sparse checkpoint that only llmsparse reads (weights in llmsparse*.safetensors): "
+    "pip install llmsparse, then import llmsparse before from_pretrained, or use llmsparse.load_model(path)"
+)
 
-__all__ = ["FORMATS", "INDEX", "Format", "compress_checkpoint", "get_format", "read_state", "register", "shard_files", "sparsity_config"]
+__all__ = [
+    "FORMATS", "GUARD", "INDEX", "QUANT_METHOD", "STEM", "Format", "compress_checkpoint", "get_format", "read_state", "register",
+    "shard_files", "sparsity_config", "weights_file",
+]
+
+
+def weights_file(directory: Path) -> str | None:
+    """The name of the weights index or single weights file in ``directory`` (stock ``model*`` names, or a compact checkpoint's ``llmsparse*``)."""
+    for stem in ("model", STEM):
+        for name in (f"{stem}.safetensors.index.json", f"{stem}.safetensors"):
+            if (directory / name).is_file():
+                return name
+    return None
 
 
 def shard_files(directory: Path) -> list[Path]:
-    index = directory / INDEX
-    if index.is_file():
-        return [directory / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = directory / "model.safetensors"
-    return [single] if single.is_file() else []
+    """The safetensors shards of a saved model (empty when it has none)."""
+    name = weights_file(directory)
+    if name is None:
+        return []
+    if name.endswith(".index.json"):
+        return [directory / f for f in sorted(set(json.loads((directory / name).read_text())["weight_map"].values()))]
+    return [directory / name]
 
 
 def compress_checkpoint(directory: Path, fmt: Format, targets: Iterable[str]) -> dict:
     """Rewrite the safetensors of a saved model in place, storing ``targets`` (``<module>.weight`` keys) as ``fmt``.
 
-    Works one shard at a time. Returns the ``sparsity_config`` written into ``config.json``, with the
-    bytes of the targeted matrices before (dense) and after.
+    Works one shard at a time; each shard is written under its ``llmsparse`` name and the stock one
+    removed. Returns the ``sparsity_config`` written into ``config.json``, with the bytes of the
+    targeted matrices before (dense) and after.
     """
     targets = set(targets)
     before = after = zeros = numel = 0
     index_path = directory / INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    renamed, written = {}, {}
     for shard in shard_files(directory):
         tensors = load_file(shard)
         out: dict[str, torch.Tensor] = {}
@@ -63,32 +93,36 @@ def compress_checkpoint(directory: Path, fmt: Format, targets: Iterable[str]) ->
             numel += tensor.numel()
             for part, value in parts.items():
                 out[f"{module}.{part}"] = value.contiguous()
-                if index is not None:
-                    index["weight_map"][f"{module}.{part}"] = shard.name
-            if index is not None:
-                del index["weight_map"][key]
-        save_file(out, shard, metadata={"format": "pt"})
+            written[key] = [f"{module}.{part}" for part in parts]
+        del tensors
+        renamed[shard.name] = STEM + shard.name.removeprefix("model")
+        save_file(out, directory / renamed[shard.name], metadata={"format": "pt"})
+        shard.unlink()
+    weights = f"{STEM}.safetensors"
     if index is not None:
-        index_path.write_text(json.dumps(index, indent=2) + "\n")
+        index["weight_map"] = {stored: renamed[file] for key, file in index["weight_map"].items() for stored in written.get(key, [key])}
+        weights = f"{STEM}.safetensors.index.json"
+        (directory / weights).write_text(json.dumps(index, indent=2) + "\n")
+        index_path.unlink()
     config = {
         **fmt.config_block(),
         "global_sparsity": zeros / numel if numel else 0.0,
         "targets": sorted(t.removesuffix(".weight") for t in targets),
         "ignore": [],
-        "registry_requires_subclass": False,
         "bytes_dense": before,
         "bytes_compressed": after,
     }
     config_path = directory / "config.json"
     data = json.loads(config_path.read_text())
-    data["quantization_config"] = {"quant_method": "compressed-tensors", "format": "dense", "sparsity_config": config}
+    data["quantization_config"] = {"quant_method": QUANT_METHOD, "weights": weights, "sparsity_config": config}
+    data["transformers_weights"] = GUARD
     config_path.write_text(json.dumps(data, indent=2) + "\n")
     return config
 
 
 def sparsity_config(quant: dict | None, where: str = "") -> dict | None:
     """The ``sparsity_config`` of a compact checkpoint's ``quantization_config`` (None for an ordinary checkpoint)."""
-    if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors" or not quant.get("sparsity_config"):
+    if not isinstance(quant, dict) or quant.get("quant_method") not in (QUANT_METHOD, LEGACY_QUANT_METHOD) or not quant.get("sparsity_config"):
         return None
     if quant.get("config_groups"):
         raise CheckpointError(f"{where}: quantized compressed-tensors checkpoints are not supported, only sparse ones")
@@ -109,7 +143,7 @@ def read_state(directory: Path, block: dict) -> Iterable[tuple[str, torch.Tensor
     fmt = checkpoint_format(block, str(directory))
     shards = shard_files(directory)
     if not shards:
-        raise CheckpointError(f"{directory}: no model.safetensors or {INDEX}")
+        raise CheckpointError(f"{directory}: no safetensors weights ({STEM}.safetensors, model.safetensors or an index)")
     compressed = {f"{t}.weight" for t in block.get("targets", [])}
     for shard in shards:
         try:

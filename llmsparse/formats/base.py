@@ -2,7 +2,8 @@
 
 A format is one :class:`Format` subclass, decorated with :func:`register`: how one pruned matrix
 is written (:meth:`~Format.compress`, the tensors stored under ``<module>.``) and read back
-(:meth:`~Format.decompress`), what it refuses before any work (:meth:`~Format.check`), the block
+(:meth:`~Format.decompress`), how the sparse runtime computes from those tensors without
+decompressing them (:meth:`~Format.layout`, optional), what it refuses before any work (:meth:`~Format.check`), the block
 it adds to ``config.json`` (:meth:`~Format.config_block`, which also tells a reader which format a
 checkpoint holds) and the sentence the model card says about it (``note``). ``--format NAME``,
 ``save_pruned(format=NAME)``, ``llmsparse methods`` and :func:`llmsparse.load_model` find it by
@@ -34,6 +35,24 @@ def unpack_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
 
 def tensor_bytes(parts: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in parts.values())
+
+
+@dataclass
+class SparseLayout:
+    """One stored matrix ``[rows, cols]`` as the sparse runtime's kernels read it: a bit mask and the kept values.
+
+    Row ``r`` keeps the columns whose bits are set in ``bitmask[r]`` (little-endian, as
+    :func:`pack_bits` writes them); their values are ``values[start : start + popcount]`` in column
+    order, where ``start`` is ``row_offsets[r]``, or ``r * values.numel() // rows`` when
+    ``row_offsets`` is None (every row keeps the same count, as in N:M). The tensors are the
+    stored ones (views, no copies), so the kernels read exactly the bytes the checkpoint holds.
+    """
+
+    rows: int
+    cols: int
+    values: torch.Tensor  # 1-D
+    bitmask: torch.Tensor  # uint8 [rows, ceil(cols/8)]
+    row_offsets: torch.Tensor | None = None  # int64 [rows]
 
 
 @dataclass
@@ -81,6 +100,16 @@ class Format:
     def decompress(self, parts: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """The stored weight rebuilt from :meth:`compress`'s tensors, checking that they agree."""
         raise NotImplementedError
+
+    def layout(self, parts: dict[str, torch.Tensor], name: str) -> SparseLayout | None:
+        """:meth:`compress`'s tensors as a :class:`SparseLayout` (checked as :meth:`decompress` checks them), or None:
+        this format has no sparse runtime, and its matrices are loaded dense."""
+        return None
+
+    @property
+    def runs_sparse(self) -> bool:
+        """True when the format implements :meth:`layout`, so its matrices can stay compressed at run time."""
+        return type(self).layout is not Format.layout
 
     def config_block(self) -> dict[str, Any]:
         """Format-specific entries of the ``sparsity_config`` written into ``config.json``."""

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import CheckpointError, SparsityError
 from ..masks import Pattern
 from .base import Format, pack_bits, register
-from .bitmask import decompress
+from .bitmask import decompress, sparse_layout
 
 CT_24, CT_NM = "sparse-24-bitmask", "sparse-nm-bitmask"
 
@@ -84,6 +84,9 @@ class NM(Format):
 
     def decompress(self, parts, name):
         return decompress(parts, name)
+
+    def layout(self, parts, name):
+        return sparse_layout(parts, name, uniform=True)
 
     def config_block(self):
         return {"format": CT_24 if self.label == "2:4" else CT_NM, "sparsity_structure": self.label}

@@ -1,0 +1,126 @@
+"""Pruning one decoder layer at a time: statistics, the method's mask and update, then the passes after it.
+
+For every layer the engine (:mod:`llmsparse.engine`) provides the calibration inputs; here each
+group of matrices gets its statistics (one :class:`~llmsparse.stats.Bundle` per shared input: the
+method's own plus those of the passes), the method prunes each matrix, and every pass after the
+method (weight reconstruction on the fixed mask, and later quantization) refines the result
+without changing which weights are zero. A pass that targets the dense model's outputs makes the
+engine run a dense stream alongside, and its statistics pair each pruned-stream input with the
+dense one, taken from a dense copy of the layer so that ``true_sequential`` groups see dense inputs too.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .engine import _on_device, collect_stats, compute_dtype, input_groups, master_weight, matrix_inputs, walk_layers
+from .layout import DecoderLayout, get_weight
+from .masks import Pattern
+from .methods import Method, PruneResult
+from .stats import Bundle
+
+
+class Pass(Protocol):
+    """A step after the method on one matrix; it must keep every pruned weight exactly zero."""
+
+    name: str
+    needs_dense: bool  # its statistics pair the pruned stream's inputs with the dense model's
+
+    def new_stats(self, columns: int, device, method_stats: Any) -> Any: ...
+
+    def apply(self, name: str, dense: torch.Tensor, result: PruneResult, stats: Any, pattern: Pattern) -> PruneResult: ...
+
+
+@dataclass
+class MatrixResult:
+    name: str
+    layer: int
+    sparsity: float  # the target this matrix was pruned to
+    result: PruneResult
+
+
+def _prune_matrix(method: Method, passes: list[Pass], name, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
+    """Prune the master (stored) weight of ``module``, run the passes, and refresh its compute copy for the re-run."""
+    master = master_weight(module, masters)
+    dense = master.to(device, torch.float32)
+    bundle = stats if isinstance(stats, Bundle) else None
+    result = method.prune(dense, bundle.method if bundle else stats, sparsity, pattern, name=name)
+    for p, p_stats in zip(passes, bundle.passes if bundle else []):
+        result = p.apply(name, dense, result, p_stats, pattern)
+    master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
+    get_weight(module).copy_(master)
+    return result
+
+
+def _dense_inputs(layer: nn.Module, prefix: str, matrices: dict[str, nn.Module], dense: list, call, device):
+    """Sequence index -> each matrix's input on the dense stream, from a dense copy of ``layer``."""
+    twin = copy.deepcopy(layer)
+    twins = {name: twin.get_submodule(name[len(prefix) + 1 :]) for name in matrices}
+    back = {id(m): name for name, m in twins.items()}
+
+    def inputs(j: int) -> dict[str, torch.Tensor]:
+        found = matrix_inputs(twin, twins, dense[j], call, device)
+        return {back[id(twins[name])]: x for name, x in found.items()}
+
+    return inputs
+
+
+@torch.no_grad()
+def prune_layers(
+    layout: DecoderLayout,
+    method: Method,
+    targets: dict[int, dict[str, nn.Module]],
+    sparsities: list[float],
+    pattern: Pattern,
+    input_ids: torch.Tensor | None,
+    device: torch.device | str = "cpu",
+    true_sequential: bool = False,
+    dtype: torch.dtype | None = None,
+    passes: list[Pass] | None = None,
+) -> list[MatrixResult]:
+    """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target.
+
+    Calibration forwards run in ``dtype`` (default: :func:`compute_dtype`); statistics and the
+    pruning math are float32, and the stored weights keep their own dtype. ``passes`` run after the
+    method on every matrix, in order.
+    """
+    device = torch.device(device)
+    passes = list(passes or [])
+    layers = layout.layers
+    dtype = dtype or compute_dtype(next(layers[0].parameters()).dtype, device)
+    results: list[MatrixResult] = []
+
+    if not method.needs_calibration and not passes:
+        for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
+            for name, module in targets.get(i, {}).items():
+                with _on_device([module], device) as masters:
+                    result = _prune_matrix(method, passes, name, module, masters, None, sparsities[i], pattern, device)
+                results.append(MatrixResult(name, i, sparsities[i], result))
+        return results
+
+    def new_stats(columns, dev):
+        own = method.new_stats(columns, dev)
+        return Bundle(own, [p.new_stats(columns, dev, own) for p in passes])
+
+    def visit(i, layer, hidden, call, masters, dense=None):
+        matrices = targets.get(i, {})
+        if not matrices:
+            return
+        inputs = _dense_inputs(layer, layout.layer_name(i), matrices, dense, call, device) if dense is not None else None
+        groups = input_groups(layer, matrices, hidden[0], call, device) if true_sequential else [list(matrices)]
+        for group in groups:
+            subset = {n: matrices[n] for n in group}
+            stats = collect_stats(layer, subset, hidden, call, device, new_stats, inputs)
+            for name, module in subset.items():
+                result = _prune_matrix(method, passes, name, module, masters, stats[name], sparsities[i], pattern, device)
+                results.append(MatrixResult(name, i, sparsities[i], result))
+            del stats  # free this group's statistics (Hessians can be large) before the next group's
+
+    walk_layers(layout, input_ids, device, dtype, visit, f"{method.name} layers", dense_stream=any(p.needs_dense for p in passes))
+    return results

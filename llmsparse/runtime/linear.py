@@ -1,0 +1,173 @@
+"""``SparseLinear``: a Linear layer whose weight stays compressed in memory and is computed from directly.
+
+At batch 1 a decoder is memory-bound: every token reads every weight once. A matrix held as a bit
+mask plus its kept values (:class:`~llmsparse.formats.base.SparseLayout`) is
+``(1 - s) * value bytes + 1/8`` bytes per weight, so reading it instead of the dense matrix is what
+makes sparsity pay at run time. The module keeps exactly the tensors its checkpoint format stores,
+as buffers with the stored names, so it loads without ever building the dense matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..formats import get_format
+from ..formats.base import Format, SparseLayout
+from . import kernel
+
+#: Calls with at most this many tokens walk the compressed matrix (decoding, small batches): each
+#: decoded group of columns is reused by up to four tokens. Longer inputs (prompts, perplexity
+#: windows) decompress the matrix into a shared buffer and run one dense GEMM, whose cost then
+#: dominates the decompression.
+DECODE_TOKENS = 8
+
+_NO_OFFSETS = torch.empty(0, dtype=torch.int64)
+_scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer of ``numel`` elements shared by every SparseLinear (one matrix is decompressed at a time)."""
+    key = (dtype, device)
+    if key not in _scratch or _scratch[key].numel() < numel:
+        _scratch.pop(key, None)
+        _scratch[key] = torch.empty(numel, dtype=dtype, device=device)
+    return _scratch[key][:numel]
+
+
+def _torch_decompress(layout: SparseLayout, out: torch.Tensor) -> None:
+    """The dense matrix with torch ops (any device, no compiler): the set bits in row-major order take the values in order."""
+    bits = torch.arange(8, device=layout.bitmask.device, dtype=torch.uint8)
+    mask = ((layout.bitmask.unsqueeze(-1) >> bits) & 1).view(layout.rows, -1)[:, : layout.cols].bool()
+    out.zero_()
+    out[mask] = layout.values.to(out.dtype)
+
+
+class SparseLinear(nn.Linear):
+    """``y = x Wᵀ + b`` with ``W`` held in a checkpoint format's compressed tensors (buffers named as stored).
+
+    ``forward`` is the one place that picks the computation:
+
+    * on CPU with the C++ extension, up to :data:`DECODE_TOKENS` tokens: the kernel walks the mask
+      and the kept values (SIMD path from :func:`~llmsparse.runtime.kernel.cpu_isa`). A matrix
+      stored output-major (``[out, in]``, the usual case) gives each output as one row's masked
+      dot product; one stored input-major (``[in, out]``: GPT-2's ``Conv1D``, or after
+      :meth:`use_input_major`) adds ``x_i`` times row ``i`` for the inputs that are not zero, so
+      zeroed activations (activation sparsity) skip their rows entirely;
+    * otherwise (long inputs, another device, no compiler): the matrix is decompressed into a buffer
+      shared by all SparseLinears and multiplied with ``F.linear``.
+
+    It is an ``nn.Linear`` (``in_features``, ``out_features``, ``bias``), so code that looks for
+    Linear layers finds it. ``weight`` is a property that decompresses the matrix on each access
+    and returns a read-only copy (an inference tensor: writing to it raises, so pruning or training
+    it fails loudly instead of changing a copy).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        fmt: Format,
+        parts: dict[str, torch.Tensor],
+        bias: torch.Tensor | None = None,
+        input_major: bool = False,
+        name: str = "",
+    ):
+        nn.Module.__init__(self)  # not nn.Linear.__init__, which would allocate the dense weight
+        self.in_features, self.out_features = in_features, out_features
+        self.format, self.name, self.input_major = fmt, name, input_major
+        self._part_names = tuple(parts)
+        for key, tensor in parts.items():
+            self.register_buffer(key, tensor)
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        self._layout: SparseLayout | None = None
+
+    @classmethod
+    def from_module(cls, module: nn.Module, fmt: Format, name: str = "") -> SparseLinear:
+        """Compress an ``nn.Linear`` (weight ``[out, in]``) or a GPT-2 ``Conv1D`` (weight stored ``[in, out]``) with ``fmt``."""
+        weight = module.weight.detach()
+        input_major = not isinstance(module, nn.Linear)
+        rows, cols = weight.shape
+        out_features, in_features = (cols, rows) if input_major else (rows, cols)
+        bias = module.bias.detach() if module.bias is not None else None
+        return cls(in_features, out_features, fmt, fmt.compress(weight, name), bias, input_major, name)
+
+    @property
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The stored tensors, by their checkpoint names."""
+        return {key: getattr(self, key) for key in self._part_names}
+
+    def layout(self) -> SparseLayout:
+        """The kernels' view of the stored tensors, checked by the format the first time (and after every move or cast)."""
+        if self._layout is None:
+            self._layout = self.format.layout(self.parts, self.name)
+        return self._layout
+
+    def _apply(self, fn, recurse: bool = True):
+        self._layout = None  # .to(), .float(), ... replace the buffers
+        return super()._apply(fn, recurse)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors (what this layer holds instead of the dense matrix)."""
+        return sum(t.numel() * t.element_size() for t in self.parts.values())
+
+    def stored_dense(self, reuse: bool = False) -> torch.Tensor:
+        """The stored matrix decompressed (``[out, in]``, or ``[in, out]`` when input-major), in the shared buffer if ``reuse``."""
+        layout = self.layout()
+        values = layout.values
+        size = layout.rows * layout.cols
+        flat = _buffer(size, values.dtype, values.device) if reuse else torch.empty(size, dtype=values.dtype, device=values.device)
+        out = flat.view(layout.rows, layout.cols)
+        if values.device.type == "cpu" and kernel.available():
+            offsets = layout.row_offsets if layout.row_offsets is not None else _NO_OFFSETS
+            kernel.load().decompress(values, layout.bitmask, offsets, out, kernel.ISAS.index(kernel.cpu_isa()))
+        else:
+            _torch_decompress(layout, out)
+        return out
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``[out_features, in_features]`` weight, decompressed on each access; a read-only copy."""
+        with torch.inference_mode():
+            dense = self.stored_dense()
+            dense = dense.t() if self.input_major else dense
+        dense._is_hf_initialized = True  # transformers' weight initialisation skips it (it would write into the copy)
+        return dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if tokens <= DECODE_TOKENS and x.device.type == "cpu" and kernel.available():
+            layout = self.layout()
+            offsets = layout.row_offsets if layout.row_offsets is not None else _NO_OFFSETS
+            ext = kernel.load()
+            matmul = ext.cols_matmul if self.input_major else ext.rows_matmul
+            return matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, kernel.ISAS.index(kernel.cpu_isa()))
+        dense = self.stored_dense(reuse=not torch.is_grad_enabled())  # a saved-for-backward weight must not be overwritten
+        bias = self.bias.to(dense.dtype) if self.bias is not None else None
+        return F.linear(x.to(dense.dtype), dense.t() if self.input_major else dense, bias).to(x.dtype)
+
+    def use_input_major(self, input_major: bool) -> None:
+        """Store the matrix input-major (``[in, out]``, zero inputs skipped) or output-major, re-compressing it as ``bitmask``.
+
+        The other orientation is built from one decompressed copy of this matrix, so memory does
+        not grow; the stored tensors (and so this layer's state dict) become the bitmask layout of
+        the new orientation.
+        """
+        if input_major == self.input_major:
+            return
+        fmt = get_format("bitmask")
+        device = self.layout().values.device
+        with torch.no_grad():
+            parts = fmt.compress(self.stored_dense().t().contiguous().cpu(), self.name)
+        for key in self._part_names:
+            del self._buffers[key]
+        self._part_names = tuple(parts)
+        for key, tensor in parts.items():
+            self.register_buffer(key, tensor.to(device))
+        self.format, self.input_major, self._layout = fmt, input_major, None
+
+    def extra_repr(self) -> str:
+        stored = "input-major" if self.input_major else "output-major"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, format={self.format.label}, {stored}"
