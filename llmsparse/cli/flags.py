@@ -119,6 +119,8 @@ def add_settings(
                 if meta.get(key):
                     kwargs[key] = meta[key]
         group.add_argument(*names, **kwargs)
+        if kind is bool and meta.get("off_flag"):
+            group.add_argument(meta["off_flag"], dest=f.name, default=None, action="store_const", const=False, help=f"turn {names[0]} off")
 
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
