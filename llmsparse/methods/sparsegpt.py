@@ -109,7 +109,7 @@ def sparsegpt_prune(
             kept = w
             if quantizer is not None:
                 start = (i1 + i) % quantizer.g == 0
-                kept = quantizer.column(W, i1 + i, _known(mask1, W.shape[1], i1, i, quantizer.g) if start else None)
+                kept = quantizer.column(W, i1 + i, _group_mask(W, U, mask1, i1 + i, i, quantizer.g, pattern) if start else None)
             Q1[:, i] = torch.where(mask1[:, i], 0.0, kept)  # exact zeros, whatever the rounding of the updates
             err = (w - Q1[:, i]).div_(d[i])
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
@@ -119,10 +119,17 @@ def sparsegpt_prune(
     return W, damp
 
 
-def _known(mask1: torch.Tensor, columns: int, i1: int, i: int, g: int) -> torch.Tensor:
-    """The part of the pruning mask known for the group ``W[:, i1+i : i1+i+g]`` (columns outside this block: none)."""
-    known = torch.zeros(mask1.shape[0], min(g, columns - i1 - i), dtype=torch.bool, device=mask1.device)
-    inside = min(known.shape[1], mask1.shape[1] - i)
+def _group_mask(W: torch.Tensor, U: torch.Tensor, mask1: torch.Tensor, c: int, i: int, g: int, pattern: Pattern) -> torch.Tensor:
+    """The weights of the quantization group ``W[:, c:c+g]`` expected to be pruned, so the group's range is fitted on the kept ones.
+
+    N:M (``g`` a multiple of M): the N:M choice on the group's current scores (exact for its first M
+    columns, a forecast for the rest); otherwise the block's mask where it covers the group.
+    """
+    width = min(g, W.shape[1] - c)
+    if pattern.structured and width % pattern.m == 0:
+        return masks.lowest_n_of_m(sparsegpt_scores(W[:, c : c + width], U[c : c + width, c : c + width]), pattern.n, pattern.m)
+    known = torch.zeros(W.shape[0], width, dtype=torch.bool, device=W.device)
+    inside = min(width, mask1.shape[1] - i)
     known[:, :inside] = mask1[:, i : i + inside]
     return known
 
