@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,28 @@ def model_dir(tmp_path, tokenizer):
 def calib_ids():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, VOCAB, (8, 32), generator=g)
+
+
+CT_REQUIREMENT = "compressed-tensors==0.20.*"
+
+
+@pytest.fixture(scope="session")
+def ct_python() -> str:
+    """A Python with compressed-tensors 0.20 next to this environment's packages (``python -m venv --system-site-packages``)."""
+    from llmsparse.models import cache_dir
+
+    venv = Path(os.environ.get("LLMSPARSE_CT_VENV", cache_dir() / "test-venv-compressed-tensors-0.20"))
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", "import compressed_tensors, transformers"]
+    if not python.is_file() or subprocess.run(check, capture_output=True).returncode:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, capture_output=True, timeout=120
+            )
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", CT_REQUIREMENT], check=True, capture_output=True, text=True, timeout=600
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            detail = getattr(err, "stderr", "") or ""
+            pytest.skip(f"could not build a virtualenv with {CT_REQUIREMENT} ({type(err).__name__}: {str(detail).strip()[-300:]})")
+    return str(python)
