@@ -75,14 +75,25 @@ def test_pack_quantized_reloads_in_stock_transformers_with_identical_weights(cas
         assert torch.equal(theirs[name + ".weight"], ours), name  # bit for bit, pruned zeros included
 
 
-def test_quantized_bitmask_export_reloads_bit_exactly(tokenizer, calib_ids, tmp_path):
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_quantized_bitmask_export_stores_codes_and_reloads_bit_exactly(tokenizer, calib_ids, tmp_path, symmetric):
     model = tiny_model("llama", dtype=torch.bfloat16)
-    report = llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, quantize="int4", group_size=32)
+    plain = llmsparse.prune(tiny_model("llama", dtype=torch.bfloat16), method="wanda", sparsity=0.5, calib=calib_ids)
+    plain_out = llmsparse.save_pruned(tiny_model("llama", dtype=torch.bfloat16), tokenizer, tmp_path / "plain", report=plain, format="bitmask")
+    report = llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, quantize="int4", group_size=32, symmetric=symmetric)
     out = llmsparse.save_pruned(model, tokenizer, tmp_path / "bitmask", report=report, format="bitmask")
+    stored = load_file(out / "llmsparse.safetensors")
+    assert "model.layers.0.mlp.up_proj.codes" in stored and "model.layers.0.mlp.up_proj.compressed" not in stored
+    assert ("model.layers.0.mlp.up_proj.zero_point" in stored) != symmetric
+    assert report.storage["bytes_compressed"] < 0.6 * plain.storage["bytes_compressed"] and plain_out.exists()
     loaded, _ = llmsparse.load_model(out)
     theirs = loaded.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(theirs[key], value), key
+    sparse, _ = llmsparse.load_model(out, runtime="sparse")  # the runtime reads the same values from the codes
+    ids = torch.arange(12).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(sparse(ids).logits.float(), model(ids).logits.float(), atol=2e-2)
 
 
 def test_pack_quantized_without_quantization_is_refused_before_anything_is_written(model_dir, tokenizer, tmp_path, capsys):

@@ -159,7 +159,7 @@ def read_state(directory: Path, block: dict) -> Iterable[tuple[str, torch.Tensor
                 grouped: dict[str, list[str]] = {}
                 for key in keys:
                     module, _, part = key.rpartition(".")
-                    if f"{module}.weight" in compressed and part in fmt.parts:
+                    if f"{module}.weight" in compressed and (part in fmt.parts or part in fmt.extra_parts):
                         grouped.setdefault(module, []).append(part)
                     else:
                         yield key, f.get_tensor(key)

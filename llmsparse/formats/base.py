@@ -69,6 +69,7 @@ class Format:
     quantized: ClassVar[bool] = False  # True: stores integer codes, so only a run with --quantize can write it
     stock: ClassVar[bool] = False  # True: a layout stock tools read (stock shard names, the format's own quantization_config)
     parts: ClassVar[tuple[str, ...]] = ()  # the tensor names a compact format stores under ``<module>.``
+    extra_parts: ClassVar[tuple[str, ...]] = ()  # names a matrix may store instead (quantized codes): read back, not run sparse
     note: ClassVar[str]  # what the model card says about the stored weights
 
     def __init__(self, config: Any = None):
