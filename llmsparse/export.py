@@ -38,6 +38,7 @@ def compressible_weights(model, fmt: formats.Format, report: PruneReport | None 
     names = [m.name for m in report.matrices] if report is not None else list(modules)
     for name in names:
         fmt.check_module(name, modules[name])
+    fmt.prepare(model, names)
     return [f"{n}.weight" for n in names]
 
 

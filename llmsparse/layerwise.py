@@ -3,7 +3,7 @@
 For every layer the engine (:mod:`llmsparse.engine`) provides the calibration inputs; here each
 group of matrices gets its statistics (one :class:`~llmsparse.stats.Bundle` per shared input: the
 method's own plus those of the passes), the method prunes each matrix, and every pass after the
-method (weight reconstruction on the fixed mask, and later quantization) refines the result
+method (weight reconstruction on the fixed mask, then quantization) refines the result
 without changing which weights are zero. A pass that targets the dense model's outputs makes the
 engine run a dense stream alongside, and its statistics pair each pruned-stream input with the
 dense one, taken from a dense copy of the layer so that ``true_sequential`` groups see dense inputs too.
@@ -23,6 +23,7 @@ from .engine import _on_device, collect_stats, compute_dtype, input_groups, mast
 from .layout import DecoderLayout, get_weight
 from .masks import Pattern
 from .methods import Method, PruneResult
+from .quantize import STATE_ATTR
 from .stats import Bundle
 
 
@@ -31,6 +32,7 @@ class Pass(Protocol):
 
     name: str
     needs_dense: bool  # its statistics pair the pruned stream's inputs with the dense model's
+    needs_calibration: bool  # False: it works from the weights alone (then ``stats`` is None)
 
     def new_stats(self, columns: int, device, method_stats: Any) -> Any: ...
 
@@ -51,8 +53,11 @@ def _prune_matrix(method: Method, passes: list[Pass], name, module, masters: dic
     dense = master.to(device, torch.float32)
     bundle = stats if isinstance(stats, Bundle) else None
     result = method.prune(dense, bundle.method if bundle else stats, sparsity, pattern, name=name)
-    for p, p_stats in zip(passes, bundle.passes if bundle else []):
+    for p, p_stats in zip(passes, bundle.passes if bundle else [None] * len(passes)):
         result = p.apply(name, dense, result, p_stats, pattern)
+    module.__dict__.pop(STATE_ATTR, None)  # a matrix pruned again is no longer on its old grid
+    if result.quant is not None:
+        setattr(module, STATE_ATTR, result.quant)  # the grid parameters, for exports that store codes
     master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
     get_weight(module).copy_(master)
     return result
@@ -96,7 +101,7 @@ def prune_layers(
     dtype = dtype or compute_dtype(next(layers[0].parameters()).dtype, device)
     results: list[MatrixResult] = []
 
-    if not method.needs_calibration and not passes:
+    if not method.needs_calibration and not any(p.needs_calibration for p in passes):
         for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
             for name, module in targets.get(i, {}).items():
                 with _on_device([module], device) as masters:

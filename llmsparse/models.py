@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from . import formats
+from . import bnb, formats
 from .activation import io as activation_io
 from .errors import CheckpointError, LlmsparseError, ModelError, unknown_name
 from .runtime.hf import load_compact
@@ -78,6 +78,13 @@ class LoadSettings(Settings):
         choices=RUNTIMES,
         recipe=False,
     )
+    load_in: str | None = setting(
+        None,
+        "quantize the Linear layers with bitsandbytes while loading: 4bit (NF4, bfloat16 compute) or 8bit (LLM.int8); "
+        "reports how many pruned weights stay zero and how many kept ones turn zero",
+        choices=bnb.LOAD_IN,
+        recipe=False,
+    )
 
 
 @api(LoadSettings)
@@ -87,11 +94,17 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     GGUF files are dequantized once and cached as float32 safetensors, so later loads take
     seconds instead of minutes. Only safetensors weights are accepted (no pickle loading), and
     remote code runs only when ``trust_remote_code=True``. The model is returned in eval mode on CPU.
-    ``runtime='sparse'`` keeps pruned matrices compressed (:mod:`llmsparse.runtime`).
+    ``runtime='sparse'`` keeps pruned matrices compressed (:mod:`llmsparse.runtime`). ``load_in='4bit'|'8bit'``
+    quantizes with bitsandbytes and, for a local checkpoint, records what that did to its zeros
+    (:class:`llmsparse.bnb.BnbSparsity` in ``model.llmsparse_bnb_sparsity``).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype, trust_remote_code, revision = s.dtype, s.trust_remote_code, s.revision
+    if s.load_in:
+        bnb.require()
+        if s.runtime != "dense":
+            raise ModelError(f"load_in={s.load_in!r} quantizes dense Linear layers; it cannot be combined with runtime={s.runtime!r}")
     source = str(path_or_id)
     if source == GEMMA_270M:
         source = _bundled_gemma_gguf()
@@ -109,6 +122,8 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     try:
         block = formats.sparsity_config(getattr(config, "quantization_config", None), source)
         direct = False  # True: a compact checkpoint loaded straight into compressed layers
+        if block is not None and s.load_in:
+            raise ModelError(f"{source}: load_in needs a dense checkpoint; this one is compact (save it with --format dense to quantize it with bitsandbytes)")
         if block is not None:
             if not local:  # a compact checkpoint on the Hub: fetch the files, then read them ourselves
                 from huggingface_hub import snapshot_download
@@ -124,7 +139,12 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
                 trust_remote_code=trust_remote_code,
                 revision=revision,
                 use_safetensors=True,
+                **({"quantization_config": bnb.config(s.load_in)} if s.load_in else {}),
             )
+            if s.load_in and local:
+                report = bnb.sparsity_after(model, formats.shard_files(Path(source)), s.load_in)
+                setattr(model, bnb.REPORT_ATTR, report)
+                log.info(report.summary())
         if s.runtime != "dense" and not direct:  # dense weights (or a format without a sparse layout): compress what is sparse
             convert_dense(model, source, required=s.runtime == "sparse")
     except LlmsparseError:

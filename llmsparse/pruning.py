@@ -19,9 +19,16 @@ from .errors import ModelError
 from .layout import find_layers, get_weight, resolve_device, select_targets
 from .methods import METHODS, Method, get_method
 from .models import parse_dtype
+from .quantize import BITS, QUANTIZE_METHODS, Grid
+from .quantpass import Quantization
 from .reconstruct import DEFAULT_ITERS, SOLVERS, TARGETS, Reconstruction
 from .report import MatrixReport, PruneReport
 from .settings import Settings, api, device_setting, regex, setting
+
+
+def group_size_check(value: int) -> str | None:
+    """-1 (per output channel) or a positive number of inputs."""
+    return None if value == -1 or value >= 1 else "must be -1 (per output channel) or at least 1"
 
 
 @dataclass
@@ -62,6 +69,17 @@ class PruneSettings(Settings):
     )
     reconstruct_iters: int | None = setting(None, f"solver iterations (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())})")
     reconstruct_damp: float = setting(0.01, "ridge toward the dense weights, relative to each input's energy H_jj")
+    quantize: str = setting(
+        "none",
+        "quantize the kept weights after pruning (pruned weights stay exactly zero): none, int4 or int8; "
+        "sparsegpt prunes and quantizes in one column loop, other methods get a mask-keeping pass",
+        choices=("none", *BITS),
+    )
+    group_size: int = setting(128, "inputs per quantization scale; -1: one scale per output channel", check=group_size_check)
+    symmetric: bool = setting(True, "symmetric grid (zero point 0); --asymmetric fits a zero point per group", off_flag="--asymmetric")
+    quantize_method: str = setting(
+        "gptq", "gptq (error-compensating, keeps the mask; joint with sparsegpt) or rtn (round to nearest)", choices=QUANTIZE_METHODS
+    )
 
     def __post_init__(self) -> None:
         # a lone regex is one pattern (iterating it would match character by character)
@@ -89,14 +107,29 @@ def calibration_needs(pruner: Method, settings: PruneSettings) -> str | None:
         return f"method {pruner.name!r}"
     if settings.reconstruct != "none":
         return f"--reconstruct {settings.reconstruct}"
+    if settings.quantize != "none" and settings.quantize_method == "gptq":
+        return f"--quantize {settings.quantize} with GPTQ"
     return "the OWL layer budget" if settings.layer_budget == "owl" else None
 
 
-def passes(settings: PruneSettings) -> list[Reconstruction]:
-    """The passes after the method that ``settings`` ask for."""
-    if settings.reconstruct == "none":
-        return []
-    return [Reconstruction(settings.reconstruct, settings.reconstruct_target, settings.reconstruct_iters, settings.reconstruct_damp)]
+def grid(settings: PruneSettings) -> Grid | None:
+    """The quantization grid ``settings`` ask for (None: no quantization)."""
+    return None if settings.quantize == "none" else Grid.named(settings.quantize, settings.group_size, settings.symmetric)
+
+
+def joint(pruner: Method, settings: PruneSettings) -> bool:
+    """True when the method quantizes inside its own loop (SparseGPT + GPTQ, nothing re-solving the weights after it)."""
+    return pruner.joint_quantization and settings.quantize_method == "gptq" and settings.reconstruct == "none"
+
+
+def passes(settings: PruneSettings, pruner: Method, storage: torch.dtype = torch.float32) -> list:
+    """The passes after the method that ``settings`` ask for: reconstruction, then quantization (unless the method does it)."""
+    chosen: list = []
+    if settings.reconstruct != "none":
+        chosen.append(Reconstruction(settings.reconstruct, settings.reconstruct_target, settings.reconstruct_iters, settings.reconstruct_damp))
+    if grid(settings) is not None and not joint(pruner, settings):
+        chosen.append(Quantization(grid(settings), settings.quantize_method, storage_dtype=storage))
+    return chosen
 
 
 @api(PruneSettings)
@@ -127,9 +160,15 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     layout = find_layers(model)
     budgets.check_layer_count(s.layer_budget, len(layout.layers))
     chosen = select_targets(model, s.targets, s.ignore)
+    quant = grid(s)
     for matrices in chosen.values():
         for name, module in matrices.items():
             masks.check_width(name, get_weight(module).shape[1], pat)
+            if quant is not None:
+                quant.check(name, get_weight(module).shape[1])
+    storage = next((get_weight(m).dtype for ms in chosen.values() for m in ms.values()), torch.float32)
+    if quant is not None and joint(pruner, s):
+        pruner.grid, pruner.storage_dtype = quant, storage
     device = resolve_device(s.device)
     dtype = parse_dtype(s.compute_dtype) or engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
@@ -145,7 +184,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
         sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
-        results = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s))
+        results = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s, pruner, storage))
     finally:
         model.train(was_training)
     finished = time.perf_counter()
@@ -159,7 +198,8 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
         method=s.method,
         options=pruner.options()
         | ({"true_sequential": True} if s.true_sequential else {})
-        | ({k: getattr(s, k) for k in ("reconstruct", "reconstruct_target", "reconstruct_iters", "reconstruct_damp")} if s.reconstruct != "none" else {}),
+        | ({k: getattr(s, k) for k in ("reconstruct", "reconstruct_target", "reconstruct_iters", "reconstruct_damp")} if s.reconstruct != "none" else {})
+        | ({k: getattr(s, k) for k in ("quantize", "group_size", "symmetric", "quantize_method")} | {"joint": joint(pruner, s)} if quant else {}),
         pattern=str(pat),
         sparsity=sparsity,
         matrices=rows,

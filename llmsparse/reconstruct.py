@@ -153,6 +153,7 @@ class Reconstruction:
     iters: int | None = None
     damp: float = 0.01
     name = "reconstruct"
+    needs_calibration = True
 
     @property
     def needs_dense(self) -> bool:

@@ -114,8 +114,11 @@ def setting(
     action: str | None = None,
     positional: bool = False,
     check: Check | None = None,
+    off_flag: str | None = None,
 ) -> Any:
     """A settings field: ``default`` (``dataclasses.MISSING``: required) plus the metadata the recipe and CLI builders read.
+
+    ``off_flag`` gives a boolean a second flag that sets it to False (``--asymmetric`` for ``symmetric``).
 
     ``check(value)`` returns what is wrong with a value of the right type (``"must be at least 1"``)
     or None; it sees each element of a list and is skipped for None.
@@ -132,6 +135,7 @@ def setting(
         "action": action,
         "positional": positional,
         "check": check,
+        "off_flag": off_flag,
     }
     if default is _MISSING:
         return dataclasses.field(metadata=meta)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,41 @@ def model_dir(tmp_path, tokenizer):
 def calib_ids():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, VOCAB, (8, 32), generator=g)
+
+
+CT_REQUIREMENT = "compressed-tensors==0.20.*"
+BNB_REQUIREMENT = "bitsandbytes>=0.50"
+
+
+def venv_python(name: str, requirement: str, module: str) -> str:
+    """A Python with ``requirement`` installed next to this environment's packages (``python -m venv --system-site-packages``),
+    built once under the llmsparse cache, so the main environment (what other tests see) never changes; skips when it cannot be built."""
+    from llmsparse.models import cache_dir
+
+    venv = Path(os.environ.get(f"LLMSPARSE_{name.upper()}_VENV", cache_dir() / f"test-venv-{name}"))
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", f"import {module}, transformers"]
+    if not python.is_file() or subprocess.run(check, capture_output=True).returncode:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, capture_output=True, timeout=120
+            )
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", requirement], check=True, capture_output=True, text=True, timeout=600
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            detail = getattr(err, "stderr", "") or ""
+            pytest.skip(f"could not build a virtualenv with {requirement} ({type(err).__name__}: {str(detail).strip()[-300:]})")
+    return str(python)
+
+
+@pytest.fixture(scope="session")
+def ct_python() -> str:
+    """A Python with compressed-tensors 0.20 (``LLMSPARSE_CT_VENV`` overrides where its virtualenv lives)."""
+    return venv_python("ct", CT_REQUIREMENT, "compressed_tensors")
+
+
+@pytest.fixture(scope="session")
+def bnb_python() -> str:
+    """A Python with bitsandbytes (``LLMSPARSE_BNB_VENV`` overrides where its virtualenv lives)."""
+    return venv_python("bnb", BNB_REQUIREMENT, "bitsandbytes")

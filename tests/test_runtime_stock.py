@@ -14,7 +14,6 @@ import pytest
 from conftest import tiny_model
 
 import llmsparse
-from llmsparse.models import cache_dir
 
 STOCK_LOAD = """
 import sys
@@ -35,7 +34,6 @@ from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
 print("SPARSE LAYERS", len(llmsparse.runtime.sparse_layers(model)))
 """
-CT_REQUIREMENT = "compressed-tensors==0.20.*"
 
 
 def run(python: str, script: str, directory: Path) -> subprocess.CompletedProcess:
@@ -54,26 +52,6 @@ def compact_dirs(tmp_path_factory, tokenizer):
             model, tokenizer, tmp_path_factory.mktemp("stock") / fmt.replace(":", "of"), report=report, format=fmt
         )
     return out
-
-
-@pytest.fixture(scope="module")
-def ct_python() -> str:
-    """A Python with compressed-tensors 0.20 next to this environment's packages (``python -m venv --system-site-packages``)."""
-    venv = Path(os.environ.get("LLMSPARSE_CT_VENV", cache_dir() / "test-venv-compressed-tensors-0.20"))
-    python = venv / "bin" / "python"
-    check = [str(python), "-c", "import compressed_tensors, transformers"]
-    if not python.is_file() or subprocess.run(check, capture_output=True).returncode:
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, capture_output=True, timeout=120
-            )
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", CT_REQUIREMENT], check=True, capture_output=True, text=True, timeout=600
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
-            detail = getattr(err, "stderr", "") or ""
-            pytest.skip(f"could not build a virtualenv with {CT_REQUIREMENT} ({type(err).__name__}: {str(detail).strip()[-300:]})")
-    return str(python)
 
 
 @pytest.mark.parametrize("fmt", ["bitmask", "2:4"])

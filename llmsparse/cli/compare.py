@@ -43,7 +43,7 @@ def check_before_loading(models: list[str], settings: EvalSettings, output: str 
 def run_compare(models: list[str], labels: list[str] | None, settings: EvalSettings, args: argparse.Namespace) -> int:
     check_before_loading(models, settings, args.output, bool(args.trust_remote_code))
     load = LoadSettings(**flags.given(LoadSettings, args))
-    result = compare(models, settings, labels, load.dtype, args.device, load.trust_remote_code, load.runtime)
+    result = compare(models, settings, labels, load.dtype, args.device, load.trust_remote_code, load.runtime, load.load_in)
     print(result.markdown())
     if args.output:
         for path in result.save(args.output):

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..bnb import REPORT_ATTR as BNB_REPORT
 from ..errors import LlmsparseError, SettingsError, UnknownNameError, check_choice
 from ..models import MODEL_HELP, LoadSettings, load_model
 from ..registry import Registry, config_fields
@@ -119,6 +120,8 @@ def add_settings(
                 if meta.get(key):
                     kwargs[key] = meta[key]
         group.add_argument(*names, **kwargs)
+        if kind is bool and meta.get("off_flag"):
+            group.add_argument(meta["off_flag"], dest=f.name, default=None, action="store_const", const=False, help=f"turn {names[0]} off")
 
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -194,5 +197,9 @@ def add_model_flags(parser: argparse.ArgumentParser, seen: set[str]) -> None:
 
 
 def load(args: argparse.Namespace):
-    """``(model, tokenizer)`` as the model flags ask."""
-    return load_model(args.model, **given(LoadSettings, args))
+    """``(model, tokenizer)`` as the model flags ask (with ``--load-in``, what bitsandbytes did to the zeros is printed)."""
+    model, tokenizer = load_model(args.model, **given(LoadSettings, args))
+    quantized = getattr(model, BNB_REPORT, None)
+    if quantized is not None:
+        print(quantized.summary())
+    return model, tokenizer

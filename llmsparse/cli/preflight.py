@@ -19,6 +19,7 @@ from ..formats import shard_files
 from ..layout import get_weight, select_targets
 from ..masks import Pattern, check_width
 from ..pruning import PruneSettings
+from ..pruning import grid as quantization_grid
 
 #: Files one of which a tokenizer needs (tokenizer.json/tokenizer_config.json, SentencePiece, BPE vocabularies...).
 TOKENIZER_GLOBS = ("tokenizer*", "*.model", "vocab*", "*.tiktoken", "merges.txt")
@@ -61,7 +62,7 @@ def _config(directory: Path, trust_remote_code: bool):
 
 
 def check_shapes(directory: Path, settings: PruneSettings, pattern: Pattern, calibrated: bool, trust_remote_code: bool) -> None:
-    """Targets, N:M widths and the calibration length against the model's config (no weights read)."""
+    """Targets, N:M widths, quantization group sizes and the calibration length against the model's config (no weights read)."""
     from transformers import AutoModelForCausalLM
 
     config = _config(directory, trust_remote_code)
@@ -74,9 +75,12 @@ def check_shapes(directory: Path, settings: PruneSettings, pattern: Pattern, cal
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - not a causal LM transformers can build: load_model says so
         return
+    grid = quantization_grid(settings)
     for matrices in select_targets(model, settings.targets, settings.ignore).values():
         for name, module in matrices.items():
             check_width(name, get_weight(module).shape[1], pattern)
+            if grid is not None:
+                grid.check(name, get_weight(module).shape[1])
 
 
 def check_length(

@@ -15,7 +15,7 @@ DESCRIPTION = "Prune the decoder Linear layers of a causal LM."
 
 
 def add(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = {"runtime"}  # no --runtime: pruning edits dense weights
+    seen: set[str] = {"runtime", "load_in"}  # no --runtime or --load-in: pruning edits dense weights
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with prune() arguments; flags given on the command line override it")
     flags.add_settings(parser, PruneSettings, seen, "pruning")

@@ -28,6 +28,9 @@ from ..settings import Settings, setting
 from ..text import check_eval_source
 from .flags import given
 
+#: The format a run with --quantize saves in when --format is not given.
+QUANTIZED_FORMAT = "pack-quantized"
+
 
 @dataclass
 class OutputSettings(Settings):
@@ -38,7 +41,8 @@ class OutputSettings(Settings):
     format: str = setting(
         "dense",
         f"how the pruned matrices are stored: {', '.join(n for n in FORMATS if n != 'N:M')} or an N:M pattern such as 2:4; "
-        "dense loads with plain transformers, the compact ones with llmsparse (see llmsparse methods)",
+        "dense loads with plain transformers, the compact ones with llmsparse (see llmsparse methods); "
+        f"with --quantize the default is {QUANTIZED_FORMAT}, which transformers + compressed-tensors and vLLM load",
     )
     push_to_hub: str | None = setting(None, "after saving, upload --output to this Hub repo (token from HF_TOKEN or huggingface-cli login)", metavar="REPO_ID")
     private: bool = setting(False, "create the Hub repo as private")
@@ -54,10 +58,18 @@ class PplCheck(Settings):
     ppl_windows: int | None = ppl_windows_setting()
 
 
-def check_output(args: argparse.Namespace, pattern: Pattern | None = None) -> OutputSettings:
-    """The output settings, with the format checked against ``pattern`` (what the run prunes) and the Hub upload against ``--output``."""
-    out = OutputSettings(**given(OutputSettings, args))
+def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quantize: str = "none") -> OutputSettings:
+    """The output settings, with the format checked against ``pattern`` (what the run prunes) and ``quantize``, and the Hub upload against ``--output``.
+
+    A run that quantizes saves as ``pack-quantized`` unless ``--format`` says otherwise.
+    """
+    values = given(OutputSettings, args)
+    if quantize != "none":
+        values.setdefault("format", QUANTIZED_FORMAT)
+    out = OutputSettings(**values)
     fmt = get_format(out.format)
+    if fmt.quantized and quantize == "none":
+        raise SettingsError(f"--format {out.format} stores quantized weights: add --quantize int4 or int8")
     if pattern is not None:
         fmt.check(pattern)
     if out.push_to_hub and not out.output:
@@ -74,7 +86,7 @@ def run_inputs(args: argparse.Namespace, settings: Settings) -> list[str]:
 @contextmanager
 def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Pattern | None = None) -> Iterator[OutputSettings]:
     """Everything about the output and the evaluation text checked before the model loads; the output is held until the run ends."""
-    out = check_output(args, pattern)
+    out = check_output(args, pattern, getattr(settings, "quantize", "none"))
     check = PplCheck(**given(PplCheck, args))
     if check.eval_ppl:
         check_eval_source(check.eval_ppl)

@@ -190,10 +190,12 @@ def compare(
     device=None,
     trust_remote_code: bool = False,
     runtime: str = "dense",
+    load_in: str | None = None,
 ) -> Comparison:
     """Load each model in turn (the first is the baseline), evaluate it with ``settings``, and return the table.
 
-    ``runtime`` is :func:`~llmsparse.load_model`'s (``auto`` loads a dense baseline densely and sparse models compressed).
+    ``runtime`` is :func:`~llmsparse.load_model`'s (``auto`` loads a dense baseline densely and sparse models compressed),
+    and so is ``load_in`` (bitsandbytes ``4bit``/``8bit`` for every model).
 
     Every path is checked before the first (slow) load, so a typo fails at once.
     """
@@ -209,8 +211,9 @@ def compare(
         check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     rows = []
     for source, label in zip(models, labels):
-        model, tokenizer = load_model(source, dtype, trust_remote_code, runtime=runtime)
-        model.to(resolve_device(device))
+        model, tokenizer = load_model(source, dtype, trust_remote_code, runtime=runtime, load_in=load_in)
+        if not load_in:  # bitsandbytes places the model itself
+            model.to(resolve_device(device))
         rows.append(evaluate_model(model, tokenizer, label, settings))
         del model
         gc.collect()

@@ -8,7 +8,8 @@ looks for) and ``config.json`` records ``quantization_config = {"quant_method": 
 ``transformers`` stop with a message naming llmsparse instead of loading random weights (with
 llmsparse imported, its quantizer points transformers at the real file). Checkpoints written
 before that (``model*.safetensors`` with ``quant_method: compressed-tensors`` and the same
-``sparsity_config``) are still read. :func:`read_state` yields the dense tensors back, one matrix
+``sparsity_config``) are still read. A *stock* format (``pack-quantized``) keeps the stock shard names
+and writes its own ``quantization_config`` instead, for tools without llmsparse. :func:`read_state` yields the dense tensors back, one matrix
 at a time. Every module of this package is imported here, so a new format is one new file.
 """
 
@@ -95,15 +96,18 @@ def compress_checkpoint(directory: Path, fmt: Format, targets: Iterable[str]) ->
                 out[f"{module}.{part}"] = value.contiguous()
             written[key] = [f"{module}.{part}" for part in parts]
         del tensors
-        renamed[shard.name] = STEM + shard.name.removeprefix("model")
+        renamed[shard.name] = shard.name if fmt.stock else STEM + shard.name.removeprefix("model")
         save_file(out, directory / renamed[shard.name], metadata={"format": "pt"})
-        shard.unlink()
-    weights = f"{STEM}.safetensors"
+        if not fmt.stock:
+            shard.unlink()
+    stem = "model" if fmt.stock else STEM
+    weights = f"{stem}.safetensors"
     if index is not None:
         index["weight_map"] = {stored: renamed[file] for key, file in index["weight_map"].items() for stored in written.get(key, [key])}
-        weights = f"{STEM}.safetensors.index.json"
+        weights = f"{stem}.safetensors.index.json"
         (directory / weights).write_text(json.dumps(index, indent=2) + "\n")
-        index_path.unlink()
+        if not fmt.stock:
+            index_path.unlink()
     config = {
         **fmt.config_block(),
         "global_sparsity": zeros / numel if numel else 0.0,
@@ -114,8 +118,11 @@ def compress_checkpoint(directory: Path, fmt: Format, targets: Iterable[str]) ->
     }
     config_path = directory / "config.json"
     data = json.loads(config_path.read_text())
-    data["quantization_config"] = {"quant_method": QUANT_METHOD, "weights": weights, "sparsity_config": config}
-    data["transformers_weights"] = GUARD
+    if fmt.stock:  # stock tools read it: their own block, no sparsity_config (the sparsity is in llmsparse.json)
+        data["quantization_config"] = fmt.quantization_config()
+    else:
+        data["quantization_config"] = {"quant_method": QUANT_METHOD, "weights": weights, "sparsity_config": config}
+        data["transformers_weights"] = GUARD
     config_path.write_text(json.dumps(data, indent=2) + "\n")
     return config
 
@@ -152,7 +159,7 @@ def read_state(directory: Path, block: dict) -> Iterable[tuple[str, torch.Tensor
                 grouped: dict[str, list[str]] = {}
                 for key in keys:
                     module, _, part = key.rpartition(".")
-                    if f"{module}.weight" in compressed and part in fmt.parts:
+                    if f"{module}.weight" in compressed and (part in fmt.parts or part in fmt.extra_parts):
                         grouped.setdefault(module, []).append(part)
                     else:
                         yield key, f.get_tensor(key)

@@ -66,7 +66,10 @@ class Format:
     name: ClassVar[str]
     Config: ClassVar[type] = NoOptions
     compact: ClassVar[bool] = True  # False: matrices stay ordinary ``.weight`` tensors
+    quantized: ClassVar[bool] = False  # True: stores integer codes, so only a run with --quantize can write it
+    stock: ClassVar[bool] = False  # True: a layout stock tools read (stock shard names, the format's own quantization_config)
     parts: ClassVar[tuple[str, ...]] = ()  # the tensor names a compact format stores under ``<module>.``
+    extra_parts: ClassVar[tuple[str, ...]] = ()  # names a matrix may store instead (quantized codes): read back, not run sparse
     note: ClassVar[str]  # what the model card says about the stored weights
 
     def __init__(self, config: Any = None):
@@ -92,6 +95,13 @@ class Format:
 
     def check_module(self, name: str, module: nn.Module) -> None:
         """Refuse a matrix module this format cannot store (e.g. a transposed ``Conv1D``)."""
+
+    def prepare(self, model: nn.Module, names: list[str]) -> None:
+        """Read what the format needs from the in-memory model before its matrices ``names`` are written (e.g. quantization grids)."""
+
+    def quantization_config(self) -> dict[str, Any]:
+        """A stock format's ``quantization_config`` for ``config.json``."""
+        raise NotImplementedError
 
     def compress(self, weight: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
         """The tensors stored under ``<name>.`` for the ``[rows, cols]`` stored weight."""

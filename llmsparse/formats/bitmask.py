@@ -3,7 +3,10 @@
 Under ``<module>.``: ``shape`` int64 ``[2]``; ``compressed`` the non-zero values in row-major order
 (1-D, the weight's dtype); ``bitmask`` uint8 ``[rows, ceil(cols/8)]``, 1 = non-zero, bits packed
 little-endian (``numpy.packbits(mask, axis=-1, bitorder="little")``); ``row_offsets`` int64
-``[rows]``, the index in ``compressed`` of each row's first value.
+``[rows]``, the index in ``compressed`` of each row's first value. A quantized matrix (``--quantize``)
+stores, instead of ``compressed``, ``codes`` (the kept weights' integer codes in row-major order,
+packed into int32 as pack-quantized packs them), ``quant_bits`` ``[1]``, ``scale`` ``[rows, groups]``
+(the weight's dtype) and, for an asymmetric grid, ``zero_point`` int8 ``[rows, groups]``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import CheckpointError
+from ..quantize import QuantState, state_of
 from .base import Format, SparseLayout, pack_bits, register, unpack_bits
+from .packquant import pack_int32, unpack_int32
 
 CT_FORMAT = "sparse-bitmask"
 
@@ -76,24 +81,88 @@ def sparse_layout(parts: dict[str, torch.Tensor], name: str = "", uniform: bool 
     return SparseLayout(shape[0], shape[1], parts["compressed"].reshape(-1), parts["bitmask"].contiguous(), offsets)
 
 
+def quantized_compress(weight: torch.Tensor, state: QuantState) -> dict[str, torch.Tensor]:
+    """A quantized matrix: the bit mask plus its kept weights' integer codes (packed as in pack-quantized) and the group scales."""
+    parts = bitmask_compress(weight)
+    del parts["compressed"]
+    kept = state.codes(weight)[weight != 0]
+    parts["codes"] = pack_int32(kept.unsqueeze(0), state.grid.bits)
+    parts["quant_bits"] = torch.tensor([state.grid.bits])
+    parts["scale"] = state.scale.to(weight.dtype)
+    if not state.grid.symmetric:
+        parts["zero_point"] = state.zero_point.to(torch.int8)
+    return parts
+
+
+def with_values(parts: dict[str, torch.Tensor], name: str = "") -> dict[str, torch.Tensor]:
+    """``parts`` with ``compressed`` (the kept values, the scale's dtype) rebuilt from quantized codes when it holds codes.
+
+    Value ``(q - zp)·scale`` of its row and group, computed exactly as in memory, so the reload is bit-exact.
+    """
+    if "codes" not in parts:
+        return parts
+    missing = {"shape", "bitmask", "quant_bits", "scale"} - set(parts)
+    if missing:
+        raise CheckpointError(f"{name}: quantized weight lacks {', '.join(sorted(missing))}")
+    shape = [int(v) for v in parts["shape"].flatten().tolist()]
+    scale, bits = parts["scale"], int(parts["quant_bits"].flatten()[0])
+    if len(shape) != 2 or bits not in (4, 8) or scale.dim() != 2 or scale.shape[0] != shape[0] or shape[1] % scale.shape[1]:
+        raise CheckpointError(f"{name}: quantization scales {list(scale.shape)} do not fit shape {shape} at {bits} bits")
+    rows, cols = shape
+    if list(parts["bitmask"].shape) != [rows, (cols + 7) // 8]:
+        raise CheckpointError(f"{name}: bitmask {list(parts['bitmask'].shape)} does not fit shape {shape}")
+    where = unpack_bits(parts["bitmask"], cols).nonzero()
+    if parts["codes"].numel() != -(-len(where) * bits // 32):
+        raise CheckpointError(f"{name}: {parts['codes'].numel()} code words for {len(where)} kept weights at {bits} bits")
+    codes = unpack_int32(parts["codes"].reshape(1, -1), bits, len(where))[0].float()
+    group = where[:, 1] // (cols // scale.shape[1])
+    zero = parts["zero_point"][where[:, 0], group].float() if "zero_point" in parts else 0.0
+    values = ((codes - zero) * scale[where[:, 0], group].float()).to(scale.dtype)
+    return {k: v for k, v in parts.items() if k not in ("codes", "quant_bits", "scale", "zero_point")} | {"compressed": values}
+
+
 @register
 class Bitmask(Format):
     name = "bitmask"
     parts = ("shape", "compressed", "bitmask", "row_offsets")
-    note = "compact `sparse-bitmask` layout (values, packed bit mask, row offsets); load with `llmsparse.load_model`"
+    extra_parts = ("codes", "quant_bits", "scale", "zero_point")
+    note = "compact `sparse-bitmask` layout (values, or integer codes and group scales when quantized, packed bit mask, row offsets); load with `llmsparse.load_model`"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.states: dict[str, QuantState] = {}
+        self.quantized = False  # a checkpoint read back: its matrices hold codes
 
     @classmethod
     def from_config(cls, block):
-        return cls() if block.get("format") == CT_FORMAT else None
+        if block.get("format") != CT_FORMAT:
+            return None
+        found = cls()
+        found.quantized = bool(block.get("quantized"))
+        return found
 
-    def compress(self, weight, name):
-        return bitmask_compress(weight)
-
-    def decompress(self, parts, name):
-        return decompress(parts, name)
-
-    def layout(self, parts, name):
-        return sparse_layout(parts, name)
+    @property
+    def runs_sparse(self) -> bool:
+        """Quantized matrices are decoded to values at load (the sparse runtime then compresses them again)."""
+        return not self.quantized
 
     def config_block(self):
-        return {"format": CT_FORMAT, "sparsity_structure": "unstructured"}
+        block = {"format": CT_FORMAT, "sparsity_structure": "unstructured"}
+        grids = {s.grid for s in self.states.values()}
+        if grids:
+            block["quantized"] = [{"bits": g.bits, "group_size": g.group_size, "symmetric": g.symmetric} for g in grids]
+        return block
+
+    def prepare(self, model, names):
+        chosen = set(names)
+        self.states = {n: s for n, m in model.named_modules() if n in chosen and (s := state_of(m)) is not None}
+
+    def compress(self, weight, name):
+        state = self.states.get(name)
+        return bitmask_compress(weight) if state is None else quantized_compress(weight, state)
+
+    def decompress(self, parts, name):
+        return decompress(with_values(parts, name), name)
+
+    def layout(self, parts, name):
+        return sparse_layout(with_values(parts, name), name)

@@ -26,6 +26,7 @@ class PruneResult:
     weight: torch.Tensor
     error: float | None = None  # relative reconstruction error ||(W - W')X||^2 / ||WX||^2 on the calibration inputs
     notes: dict[str, Any] = field(default_factory=dict)
+    quant: Any = None  # the weight's grid parameters when it was quantized (a llmsparse.quantize.QuantState)
 
 
 class Method:
@@ -34,9 +35,12 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type]
     needs_calibration: ClassVar[bool] = True
+    joint_quantization: ClassVar[bool] = False  # True: quantizes inside its own loop when ``grid`` is set
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
+        self.grid: Any = None  # a llmsparse.quantize.Grid for joint pruning + quantization (methods with joint_quantization)
+        self.storage_dtype = torch.float32  # the dtype the quantization scales are rounded to
 
     def new_stats(self, columns: int, device: torch.device | str):
         """A fresh accumulator for the inputs of a matrix with ``columns`` inputs (``None``: no data needed)."""

@@ -14,6 +14,7 @@ import torch
 from .. import masks
 from ..errors import HessianError
 from ..masks import Pattern
+from ..quantize import ColumnQuantizer
 from ..stats import Hessian
 from .base import Method, PruneResult, register
 
@@ -72,12 +73,16 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     prepared: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    quantizer: ColumnQuantizer | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Prune ``weight`` (``[out, in]``) given the input Hessian ``H``; returns ``(new weight, percdamp used)``.
 
     Unstructured: one mask per block of columns from ``w^2 / U_ii^2`` over all rows x block columns.
     N:M: at every M-th column, the N lowest scores of the next M columns, on the already updated weights.
     ``prepared`` (from :func:`prepare_hessian`) lets matrices that share an input share the factorisation.
+    With a ``quantizer``, the paper's joint mode: each column's kept weights are quantized in the
+    same loop (groups fitted on the updated, pruned working copy) and the combined error
+    ``(w - q) / U_ii`` of pruning and rounding is pushed onto the later columns.
     """
     if pattern.structured and blocksize % pattern.m:
         raise masks.SparsityError(f"SparseGPT blocksize {blocksize} must be a multiple of M={pattern.m}")
@@ -95,16 +100,38 @@ def sparsegpt_prune(
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             mask1 = masks.lowest_overall(sparsegpt_scores(W1, U1), sparsity)
+        Q1 = torch.empty_like(W1)
         for i in range(i2 - i1):
             if pattern.structured and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
                 mask1[:, group] = masks.lowest_n_of_m(sparsegpt_scores(W1[:, group], U1[group, group]), pattern.n, pattern.m)
-            err = torch.where(mask1[:, i], W1[:, i], 0.0).div_(d[i])
+            w = W1[:, i].clone()
+            kept = w
+            if quantizer is not None:
+                start = (i1 + i) % quantizer.g == 0
+                kept = quantizer.column(W, i1 + i, _group_mask(W, U, mask1, i1 + i, i, quantizer.g, pattern) if start else None)
+            Q1[:, i] = torch.where(mask1[:, i], 0.0, kept)  # exact zeros, whatever the rounding of the updates
+            err = (w - Q1[:, i]).div_(d[i])
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
             Err1[:, i] = err
-        W1.masked_fill_(mask1, 0.0)  # exact zeros, whatever the rounding of the updates
+        W1.copy_(Q1)
         W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
     return W, damp
+
+
+def _group_mask(W: torch.Tensor, U: torch.Tensor, mask1: torch.Tensor, c: int, i: int, g: int, pattern: Pattern) -> torch.Tensor:
+    """The weights of the quantization group ``W[:, c:c+g]`` expected to be pruned, so the group's range is fitted on the kept ones.
+
+    N:M (``g`` a multiple of M): the N:M choice on the group's current scores (exact for its first M
+    columns, a forecast for the rest); otherwise the block's mask where it covers the group.
+    """
+    width = min(g, W.shape[1] - c)
+    if pattern.structured and width % pattern.m == 0:
+        return masks.lowest_n_of_m(sparsegpt_scores(W[:, c : c + width], U[c : c + width, c : c + width]), pattern.n, pattern.m)
+    known = torch.zeros(W.shape[0], width, dtype=torch.bool, device=W.device)
+    inside = min(width, mask1.shape[1] - i)
+    known[:, :inside] = mask1[:, i : i + inside]
+    return known
 
 
 @dataclass
@@ -120,22 +147,27 @@ class SparseGPTConfig:
 class SparseGPT(Method):
     name = "sparsegpt"
     Config = SparseGPTConfig
+    joint_quantization = True
 
     def new_stats(self, columns, device):
         return Hessian(columns, device)
 
     def _prepared(self, stats: Hessian) -> tuple[torch.Tensor, torch.Tensor, float]:
         # q/k/v (and gate/up) share one Hessian object: factor it once for all of them.
-        key = ("sparsegpt", self.config.percdamp)
+        key = ("prepare_hessian", self.config.percdamp)
         if getattr(stats, "prepared", (None,))[0] != key:
             stats.prepared = (key, prepare_hessian(stats.H, self.config.percdamp))
         return stats.prepared[1]
 
     def prune(self, weight, stats, sparsity, pattern, name=""):
         prepared = self._prepared(stats)
-        new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp, prepared)
+        quantizer = None
+        if self.grid is not None:
+            quantizer = ColumnQuantizer(self.grid, weight.shape[0], weight.shape[1], weight.device, self.storage_dtype)
+        new, damp = sparsegpt_prune(weight, stats.H, sparsity, pattern, self.config.blocksize, self.config.percdamp, prepared, quantizer)
         notes = {"percdamp": damp} if damp != self.config.percdamp else {}
-        return PruneResult(new, error=reconstruction_error(weight.float(), new, stats.H), notes=notes)
+        quant = quantizer.state() if quantizer is not None else None
+        return PruneResult(new, error=reconstruction_error(weight.float(), new, stats.H), notes=notes, quant=quant)
 
     def scores(self, weight, stats):
         """SparseGPT's saliency ``w^2 / [U]_jj^2`` without the weight update (how DSnoT's reference uses it)."""
