@@ -15,12 +15,13 @@ from torch import nn
 from . import budgets, engine, layerwise, masks
 from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from .checks import check_weights, guard_statistics
-from .errors import ModelError
+from .errors import ModelError, SettingsError
 from .layout import find_layers, get_weight, resolve_device, select_targets
+from .memory import peak_rss
 from .methods import METHODS, Method, get_method
 from .models import parse_dtype
 from .reconstruct import DEFAULT_ITERS, SOLVERS, TARGETS, Reconstruction
-from .report import MatrixReport, PruneReport
+from .report import PruneReport
 from .settings import Settings, api, device_setting, regex, setting
 
 
@@ -62,6 +63,12 @@ class PruneSettings(Settings):
     )
     reconstruct_iters: int | None = setting(None, f"solver iterations (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())})")
     reconstruct_damp: float = setting(0.01, "ridge toward the dense weights, relative to each input's energy H_jj")
+    stream: bool = setting(
+        False,
+        "read one decoder layer at a time from the safetensors checkpoint, prune it and write it to --output at once "
+        "(for models bigger than memory; Python: prune_checkpoint)",
+    )
+    resume: bool = setting(False, "continue an interrupted --stream run into the same --output with the same arguments", recipe=False)
 
     def __post_init__(self) -> None:
         # a lone regex is one pattern (iterating it would match character by character)
@@ -116,14 +123,25 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
     with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
     """
-    pruner, sparsity, pat = check_request(s)
+    if s.stream or s.resume:
+        raise SettingsError(
+            "stream/resume prune a checkpoint on disk one layer at a time: call llmsparse.prune_checkpoint(path, output, ...) "
+            "(command line: --stream --output DIR)"
+        )
     if any(p.device.type == "meta" for p in model.parameters()):
         raise ModelError(
             "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
             "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
         )
     check_weights(model)  # a NaN/inf weight would give wrong masks without a word
-    guard_statistics(pruner)  # and so would NaN/inf calibration statistics
+    return run_prune(model, tokenizer, s)
+
+
+def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resident | None = None) -> PruneReport:
+    """The work of :func:`prune` on ``model`` whose layers ``store`` holds (default: all in memory; a streamed
+    checkpoint's skeleton with :class:`llmsparse.stream.Streamed`). Weights are checked by the caller."""
+    pruner, sparsity, pat = check_request(s)
+    guard_statistics(pruner)  # NaN/inf calibration statistics would give wrong masks without a word
     layout = find_layers(model)
     budgets.check_layer_count(s.layer_budget, len(layout.layers))
     chosen = select_targets(model, s.targets, s.ignore)
@@ -138,23 +156,19 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     needs = calibration_needs(pruner, s)
     if needs:
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
+    if store is not None:
+        store.begin(ids)
     calibrated = time.perf_counter()
 
     was_training = model.training
     model.eval()
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
-        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
-        results = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s))
+        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl, store)
+        rows = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s), store)
     finally:
         model.train(was_training)
     finished = time.perf_counter()
-
-    modules = {name: module for matrices in chosen.values() for name, module in matrices.items()}
-    rows = []
-    for r in results:
-        weight = get_weight(modules[r.name])
-        rows.append(MatrixReport(r.name, r.layer, list(weight.shape), r.sparsity, int((weight == 0).sum()), r.result.error, r.result.notes))
     return PruneReport(
         method=s.method,
         options=pruner.options()
@@ -166,4 +180,5 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
         calibration=calibration,
         layer_budget=budget_info,
         seconds={"calibration_data": calibrated - started, "prune": finished - calibrated, "total": finished - started},
+        peak_memory=peak_rss(),
     )

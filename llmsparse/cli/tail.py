@@ -24,6 +24,7 @@ from ..hub import push
 from ..layout import resolve_device
 from ..masks import Pattern
 from ..outdir import claim
+from ..recipe import run_recipe
 from ..settings import Settings, setting
 from ..text import check_eval_source
 from .flags import given
@@ -83,13 +84,6 @@ def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Patter
         return
     with claim(out.output, out.overwrite, run_inputs(args, settings)):
         yield out
-
-
-def run_recipe(settings: Settings, report) -> dict[str, Any]:
-    """The recipe to save with a run: its settings, with the calibration source the run resolved."""
-    recipe = settings.recipe()
-    recipe["calib"] = report.calibration["source"] if report.calibration else recipe.get("calib")
-    return recipe
 
 
 def finish(
