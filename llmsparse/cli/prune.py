@@ -8,8 +8,8 @@ from ..calibration import check_calib
 from ..errors import SettingsError
 from ..formats import shard_files
 from ..memory import check_fits
-from ..models import parse_dtype
 from ..methods import METHODS
+from ..models import parse_dtype
 from ..pruning import PruneSettings, calibration_needs, check_request, prune
 from ..recipe import load_recipe
 from ..stream import checkpoint_dir, prune_checkpoint
