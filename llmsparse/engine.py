@@ -267,8 +267,12 @@ class Resident:
     around the layers (embeddings, final norm) while the first layer's inputs are captured;
     :meth:`layer` holds layer ``i`` while it is visited (``changed``: the visit edits it, so a store
     that does not keep it must save it); :meth:`resume` and :meth:`done` let a store persist a pass's
-    progress. :class:`llmsparse.stream.Streamed` reads each layer from the checkpoint and writes it out.
+    progress. :class:`llmsparse.stream.Streamed` reads each layer from the checkpoint and writes it out;
+    :class:`llmsparse.offload.Offloaded` onloads an accelerate-offloaded layer and writes it back.
     """
+
+    def begin(self, input_ids: torch.Tensor | None) -> None:
+        """The run's calibration ids are known (a resumable store checks them against the interrupted run's)."""
 
     def outside(self):
         return nullcontext()

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import budgets, engine, layerwise, masks
+from . import budgets, engine, layerwise, masks, offload
 from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from .checks import check_weights, guard_statistics
-from .errors import ModelError, SettingsError
+from .errors import SettingsError
 from .layout import find_layers, get_weight, resolve_device, select_targets
 from .memory import peak_rss
 from .methods import METHODS, Method, get_method
@@ -128,13 +128,11 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
             "stream/resume prune a checkpoint on disk one layer at a time: call llmsparse.prune_checkpoint(path, output, ...) "
             "(command line: --stream --output DIR)"
         )
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise ModelError(
-            "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
-            "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
-        )
-    check_weights(model)  # a NaN/inf weight would give wrong masks without a word
-    return run_prune(model, tokenizer, s)
+    store = None
+    if any(p.device.type == "meta" for p in model.parameters()):  # accelerate offload: each layer onloaded while pruned
+        store = offload.Offloaded(model, resolve_device(s.device))
+    check_weights(model)  # a NaN/inf weight would give wrong masks without a word (offloaded ones: as they load)
+    return run_prune(model, tokenizer, s, store)
 
 
 def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resident | None = None) -> PruneReport:
@@ -156,8 +154,8 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
     needs = calibration_needs(pruner, s)
     if needs:
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
-    if store is not None:
-        store.begin(ids)
+    store = store or engine.Resident()
+    store.begin(ids)
     calibrated = time.perf_counter()
 
     was_training = model.training
