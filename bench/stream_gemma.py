@@ -51,24 +51,25 @@ def synthetic_llama(directory: Path, layers: int, hidden: int, intermediate: int
     def rand(*shape):
         return torch.randn(*shape, generator=g) * 0.02
 
-    shards: list[dict[str, torch.Tensor]] = [{"model.embed_tokens.weight": rand(vocab, hidden)}]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shards.append({
-            p + "self_attn.q_proj.weight": rand(hidden, hidden), p + "self_attn.k_proj.weight": rand(kv, hidden),
-            p + "self_attn.v_proj.weight": rand(kv, hidden), p + "self_attn.o_proj.weight": rand(hidden, hidden),
-            p + "mlp.gate_proj.weight": rand(intermediate, hidden), p + "mlp.up_proj.weight": rand(intermediate, hidden),
-            p + "mlp.down_proj.weight": rand(hidden, intermediate),
-            p + "input_layernorm.weight": torch.ones(hidden), p + "post_attention_layernorm.weight": torch.ones(hidden),
-        })
-    shards.append({"model.norm.weight": torch.ones(hidden), "lm_head.weight": rand(vocab, hidden)})
-    weight_map, total = {}, 0
-    for k, tensors in enumerate(shards, start=1):
-        name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+    def shards():  # made one at a time, so this process never holds the model
+        yield {"model.embed_tokens.weight": rand(vocab, hidden)}
+        for i in range(layers):
+            p = f"model.layers.{i}."
+            yield {
+                p + "self_attn.q_proj.weight": rand(hidden, hidden), p + "self_attn.k_proj.weight": rand(kv, hidden),
+                p + "self_attn.v_proj.weight": rand(kv, hidden), p + "self_attn.o_proj.weight": rand(hidden, hidden),
+                p + "mlp.gate_proj.weight": rand(intermediate, hidden), p + "mlp.up_proj.weight": rand(intermediate, hidden),
+                p + "mlp.down_proj.weight": rand(hidden, intermediate),
+                p + "input_layernorm.weight": torch.ones(hidden), p + "post_attention_layernorm.weight": torch.ones(hidden),
+            }
+        yield {"model.norm.weight": torch.ones(hidden), "lm_head.weight": rand(vocab, hidden)}
+
+    weight_map, total, count = {}, 0, layers + 2
+    for k, tensors in enumerate(shards(), start=1):
+        name = f"model-{k:05d}-of-{count:05d}.safetensors"
         save_file(tensors, str(directory / name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, name)
         total += sum(t.numel() * 4 for t in tensors.values())
-        shards[k - 1] = {}
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

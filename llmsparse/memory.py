@@ -8,23 +8,29 @@ refuses a run that cannot fit, pointing at ``--stream``, which holds one decoder
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import struct
 import sys
 from pathlib import Path
 
 import torch
 
 from .errors import MemoryLimitError
-
-#: Bytes per element of each safetensors dtype.
-ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+from .tensorfile import TORCH, nbytes, read_header
 
 
 def peak_rss() -> int:
-    """The peak resident memory of this process so far, in bytes."""
+    """The peak resident memory of this process so far, in bytes.
+
+    Linux: ``VmHWM``, the high-water mark of this program's own address space (``ru_maxrss`` also
+    keeps the mark of the process that forked it, from before ``exec``); elsewhere ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
@@ -44,18 +50,13 @@ def available_memory() -> int | None:
 
 
 def weight_bytes(shards: list[Path], dtype: torch.dtype | None = None) -> int:
-    """Bytes of the tensors in safetensors ``shards`` (read from their headers), as ``dtype`` when given."""
+    """Bytes of the tensors in safetensors ``shards`` (read from their headers), floating ones as ``dtype`` when given."""
     total = 0
     for shard in shards:
-        with open(shard, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            start, end = entry["data_offsets"]
-            size = end - start
-            if dtype is not None and entry["dtype"] in ELEMENT_BYTES and entry["dtype"] not in ("I64", "I32", "I16", "I8", "U8", "BOOL"):
-                size = size // ELEMENT_BYTES[entry["dtype"]] * dtype.itemsize
+        for entry in read_header(shard)[0].values():
+            size = nbytes(entry)
+            if dtype is not None and TORCH[entry["dtype"]].is_floating_point:
+                size = size // TORCH[entry["dtype"]].itemsize * dtype.itemsize
             total += size
     return total
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from .errors import ResumeError
+from .tensorfile import read_header, read_tensors, save_file
 
 STATE_FILE = "state.json"
 
@@ -38,32 +38,6 @@ def _replace(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-           torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file one tensor at a time (``safetensors.torch.save_file`` first copies them all into one buffer).
-
-    The format: an 8-byte little-endian header length, the JSON header (name -> dtype, shape,
-    byte offsets; padded with spaces to a multiple of 8), then the raw little-endian bytes.
-    """
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for key, t in tensors.items():
-        size = t.numel() * t.element_size()
-        header[key] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for t in tensors.values():
-            if t.numel():
-                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -121,7 +95,9 @@ class Partial:
             return 0, None, []
         saved = None
         if entry["inputs"] is not None:
-            tensors = load_file(str(self.dir / entry["inputs"]))
+            path = self.dir / entry["inputs"]
+            header = read_header(path)
+            tensors = read_tensors(path, list(header[0]), header)
             hidden = [tensors[f"h{j}"] for j in range(entry["sequences"])]
             dense = [tensors[f"d{j}"] for j in range(entry["sequences"])] if "d0" in tensors else None
             saved = (hidden, dense)

@@ -4,7 +4,7 @@ The model is built without weights (parameters on the meta device; buffers such 
 tables are computed as usual). :class:`Streamed` is the engine's layer store
 (:class:`~llmsparse.engine.Resident` is the in-memory one): it reads the embeddings while the first
 layer's inputs are captured, and each decoder layer while a pass visits it, from the shards
-(each shard is mapped only while tensors are read from it); a layer the pass changed is written
+(positioned reads into fresh tensors: no memory map keeps file pages resident); a layer the pass changed is written
 at once as its own output shard, then every tensor of it is dropped. So the pruning itself is
 the in-memory code (:func:`llmsparse.pruning.run_prune`), and the output holds the same tensors.
 Progress is kept in a partial directory (:mod:`llmsparse.resume`), so a killed run can resume.
@@ -15,14 +15,12 @@ is finished like any saved model (:func:`llmsparse.export.write_output`) and pub
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import engine, formats
@@ -30,7 +28,6 @@ from .checks import nonfinite
 from .errors import CheckpointError, ModelError, NonFiniteError, SettingsError
 from .export import compressible_weights, write_output
 from .layout import find_layers
-from .memory import ELEMENT_BYTES
 from .models import DTYPES, parse_dtype
 from .outdir import claim, publish, staging
 from .pruning import PruneSettings, run_prune
@@ -38,6 +35,7 @@ from .recipe import run_recipe
 from .report import PruneReport
 from .resume import Partial, save_tensors
 from .settings import api
+from .tensorfile import nbytes, read_header, read_tensors
 
 INDEX = "model.safetensors.index.json"
 
@@ -59,7 +57,7 @@ def checkpoint_dir(source: str | os.PathLike) -> Path:
 
 
 class Checkpoint:
-    """The tensors of a safetensors checkpoint directory by name, read on demand."""
+    """The tensors of a safetensors checkpoint directory by name, read on demand (positioned reads, no memory map)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -68,14 +66,14 @@ class Checkpoint:
             if index.is_file():
                 self.files = {k: directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
             else:
-                with safe_open(str(directory / "model.safetensors"), "pt") as f:
-                    self.files = dict.fromkeys(f.keys(), directory / "model.safetensors")
-        except (OSError, KeyError, ValueError, SafetensorError) as err:
-            raise CheckpointError(f"cannot read the weights index of {str(directory)!r}: {err}") from err
+                self.files = dict.fromkeys(read_header(directory / "model.safetensors")[0], directory / "model.safetensors")
+            self.headers = {path: read_header(path) for path in set(self.files.values())}
+        except (OSError, KeyError, ValueError) as err:
+            raise CheckpointError(f"cannot read the weights index or headers of {str(directory)!r}: {err}") from err
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """The tensors ``keys``, each shard opened (memory-mapped) only while its tensors are copied out."""
-        missing = [k for k in keys if k not in self.files]
+        """The tensors ``keys``, each copied straight from its shard into a fresh tensor."""
+        missing = [k for k in keys if k not in self.files or k not in self.headers[self.files[k]][0]]
         if missing:
             raise CheckpointError(
                 f"{str(self.directory)!r} has no tensor {missing[0]!r} ({len(missing)} missing): --stream needs a checkpoint "
@@ -83,10 +81,7 @@ class Checkpoint:
             )
         out: dict[str, torch.Tensor] = {}
         for path in sorted({self.files[k] for k in keys}):
-            with safe_open(str(path), "pt") as f:
-                for key in keys:
-                    if self.files[key] == path:
-                        out[key] = f.get_tensor(key)
+            out |= read_tensors(path, [k for k in keys if self.files[k] == path], self.headers[path])
         return out
 
 
@@ -219,18 +214,11 @@ class Streamed(engine.Resident):
                 os.link(self.partial.dir / name, tmp / name)
             except OSError:
                 shutil.copy2(self.partial.dir / name, tmp / name)
-            with safe_open(str(tmp / name), "pt") as f:
-                for key in f.keys():
-                    weight_map[key] = name
-                    total += _nbytes(f, key)
+            for key, entry in read_header(tmp / name)[0].items():
+                weight_map[key] = name
+                total += nbytes(entry)
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _nbytes(f, key: str) -> int:
-    """Bytes of tensor ``key`` in the open safetensors file ``f`` (from its header)."""
-    part = f.get_slice(key)
-    return math.prod(part.get_shape()) * ELEMENT_BYTES[part.get_dtype()]
 
 
 def _tie_source(model: nn.Module, key: str) -> str:
