@@ -48,6 +48,7 @@ from .pruning import PruneSettings, prune
 from .recipe import load_recipe
 from .report import PruneReport
 from .runtime import SparseLinear
+from .stream import prune_checkpoint
 
 __all__ = [
     "FORMATS",
@@ -88,6 +89,7 @@ __all__ = [
     "measure_activation_sparsity",
     "perplexity",
     "prune",
+    "prune_checkpoint",
     "register",
     "runtime",
     "save_pruned",

@@ -65,20 +65,20 @@ def owl_sparsities(
 
 @torch.no_grad()
 def owl_outlier_ratios(
-    layout: DecoderLayout, targets: dict[int, dict[str, nn.Module]], input_ids: torch.Tensor, device, dtype, m: float
+    layout: DecoderLayout, targets: dict[int, dict[str, nn.Module]], input_ids: torch.Tensor, device, dtype, m: float, store: engine.Resident | None = None
 ) -> dict[int, float]:
-    """Outlier ratio of each targeted layer's Wanda scores, with inputs from the dense model."""
-    ratios: dict[int, float] = {}
+    """Outlier ratio of each targeted layer's Wanda scores, with inputs from the dense model (``store`` holds the layers)."""
 
     def visit(i, layer, hidden, call, masters):
         matrices = targets.get(i)
-        if matrices:
-            stats = engine.collect_stats(layer, matrices, hidden, call, device, InputNorms)
-            scores = [wanda_scores(engine.master_weight(mod, masters).float(), stats[n].norm2) for n, mod in matrices.items()]
-            ratios[i] = outlier_ratio(scores, m)
+        if not matrices:
+            return None
+        stats = engine.collect_stats(layer, matrices, hidden, call, device, InputNorms)
+        scores = [wanda_scores(engine.master_weight(mod, masters).float(), stats[n].norm2) for n, mod in matrices.items()]
+        return outlier_ratio(scores, m)
 
-    engine.walk_layers(layout, input_ids, device, dtype, visit, "OWL outlier ratios")
-    return ratios
+    found = engine.walk_layers(layout, input_ids, device, dtype, visit, "OWL outlier ratios", store=store, key="owl")
+    return {i: ratio for i, ratio in enumerate(found) if ratio is not None}
 
 
 def check_budget(budget: str | Sequence[float], pattern: Pattern) -> None:
@@ -109,6 +109,7 @@ def layer_sparsities(
     device,
     dtype,
     owl: OWLConfig | None = None,
+    store: engine.Resident | None = None,
 ) -> tuple[list[float], dict | None]:
     """Each decoder layer's target sparsity (``budget`` checked by :func:`check_budget`) and what it came from."""
     if isinstance(budget, str) and budget == "uniform":
@@ -116,7 +117,7 @@ def layer_sparsities(
     if not isinstance(budget, str):
         return [float(v) for v in budget], {"budget": "explicit", "sparsity": dict(enumerate(map(float, budget)))}
     owl = owl or OWLConfig()
-    ratios = owl_outlier_ratios(layout, targets, input_ids, device, dtype, owl.m)
+    ratios = owl_outlier_ratios(layout, targets, input_ids, device, dtype, owl.m, store)
     chosen = sorted(ratios)
     sizes = [sum(get_weight(mod).numel() for mod in targets[i].values()) for i in chosen]
     values = owl_sparsities([ratios[i] for i in chosen], sparsity, owl.lam, sizes, layers=chosen)

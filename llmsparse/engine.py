@@ -14,7 +14,7 @@ Only one decoder layer is on the compute device at a time; the activations stay 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -260,29 +260,83 @@ def master_weight(module: nn.Module, masters: dict) -> torch.Tensor:
     return get_weight(module, masters.get(id(module.weight), module.weight.data))
 
 
+class Resident:
+    """Where the decoder layers live between visits: here, in memory all along (the default store).
+
+    A store holds what a pass needs and keeps what it finished. :meth:`outside` holds the modules
+    around the layers (embeddings, final norm) while the first layer's inputs are captured;
+    :meth:`layer` holds layer ``i`` while it is visited (``changed``: the visit edits it, so a store
+    that does not keep it must save it); :meth:`resume` and :meth:`done` let a store persist a pass's
+    progress. :class:`llmsparse.stream.Streamed` reads each layer from the checkpoint and writes it out;
+    :class:`llmsparse.offload.Offloaded` onloads an accelerate-offloaded layer and writes it back.
+    """
+
+    def begin(self, input_ids: torch.Tensor | None) -> None:
+        """The run's calibration ids are known (a resumable store checks them against the interrupted run's)."""
+
+    def outside(self):
+        return nullcontext()
+
+    def layer(self, index: int, changed: bool):
+        return nullcontext()
+
+    def resume(self, key: str) -> tuple[int, tuple[list, list | None] | None, list]:
+        """``(first layer to visit, its saved (hidden, dense) inputs or None, visit results of the layers before)``."""
+        return 0, None, []
+
+    def done(self, key: str, index: int, hidden: list | None, dense: list | None, result) -> None:
+        """Layer ``index`` of pass ``key`` is finished: ``hidden``/``dense`` are the next layer's inputs."""
+
+
 @torch.no_grad()
 def walk_layers(
-    layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype, visit: Callable, desc: str, dense_stream: bool = False
-) -> None:
-    """Run the calibration sequences through the decoder one layer at a time, calling ``visit`` on each.
+    layout: DecoderLayout,
+    input_ids: torch.Tensor | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    visit: Callable,
+    desc: str,
+    dense_stream: bool = False,
+    store: Resident | None = None,
+    key: str = "walk",
+    changes: bool = False,
+) -> list:
+    """Run the calibration sequences through the decoder one layer at a time, calling ``visit`` on each; returns its results.
 
     ``visit(i, layer, hidden, call, masters)`` runs while layer ``i`` sits on ``device`` (``masters``
     maps its parameters to their stored tensors); then the (possibly changed) layer's outputs
     become the next layer's inputs. With ``dense_stream`` a second stream of hidden states runs
     through the layers *before* ``visit`` changes them (the dense model's inputs of every layer,
-    twice the activation memory) and ``visit`` also gets ``dense=`` those inputs.
+    twice the activation memory) and ``visit`` also gets ``dense=`` those inputs. Without
+    ``input_ids`` nothing runs through the layers and ``visit`` gets ``None`` inputs. ``store``
+    (default: :class:`Resident`) loads each layer and records the pass ``key``'s progress;
+    ``changes`` says that ``visit`` edits the layers.
     """
+    store = store or Resident()
     layers = layout.layers
-    hidden, calls = capture_inputs(layout, input_ids, device, dtype)
-    dense = list(hidden) if dense_stream else None
-    for i in tqdm(range(len(layers)), desc=desc):
-        with _on_device(list(layers[i].modules()), device, dtype) as masters:
-            last = i + 1 == len(layers)
-            if dense is None:
-                visit(i, layers[i], hidden, calls[i], masters)
+    start, saved, results = store.resume(key)
+    if start == len(layers):
+        return results
+    hidden = calls = dense = None
+    if input_ids is not None:
+        with store.outside(), store.layer(0, changed=False):
+            hidden, calls = capture_inputs(layout, input_ids, device, dtype)
+        dense = list(hidden) if dense_stream else None
+        if saved is not None:
+            hidden, dense = saved
+    for i in tqdm(range(start, len(layers)), desc=desc, initial=start, total=len(layers)):
+        last = i + 1 == len(layers)
+        with store.layer(i, changed=changes), _on_device(list(layers[i].modules()), device, dtype) as masters:
+            if hidden is None:
+                result = visit(i, layers[i], None, None, masters)
+            elif dense is None:
+                result = visit(i, layers[i], hidden, calls[i], masters)
             else:
                 dense_next = None if last else [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in dense]
-                visit(i, layers[i], hidden, calls[i], masters, dense=dense)
+                result = visit(i, layers[i], hidden, calls[i], masters, dense=dense)
                 dense = dense_next
-            if not last:
+            if hidden is not None and not last:
                 hidden = [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in hidden]
+        results.append(result)
+        store.done(key, i, hidden, dense, result)
+    return results

@@ -60,6 +60,14 @@ class NonFiniteError(LlmsparseError, ValueError):
     """Weights or calibration statistics hold NaN or infinity, which would give wrong masks without a word."""
 
 
+class MemoryLimitError(LlmsparseError, MemoryError):
+    """A model that will not fit in the available memory (the message suggests ``--stream``)."""
+
+
+class ResumeError(LlmsparseError, ValueError):
+    """An interrupted streamed run that cannot be resumed as asked (other arguments, no ``--resume``, a damaged state)."""
+
+
 class RecipeError(LlmsparseError, ValueError):
     """A recipe file that cannot be read, has unknown keys, or values of the wrong type."""
 

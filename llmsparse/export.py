@@ -85,14 +85,21 @@ def save_pruned(
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
     with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
-        _write(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
+        write_output(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
         publish(tmp, out, overwrite, inputs)
     return Path(output_dir)
 
 
-def _write(tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation, comparison, recipe_kind) -> None:
-    """Every file of a saved model, into the staging directory ``tmp``."""
-    model.save_pretrained(tmp, safe_serialization=True)
+def write_output(
+    tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation=None, comparison=None, recipe_kind="prune", weights_saved=False
+) -> None:
+    """Every file of a saved model, into the staging directory ``tmp`` (``weights_saved``: the safetensors are there already)."""
+    if weights_saved:  # a streamed run wrote them layer by layer (llmsparse.stream)
+        model.config.save_pretrained(tmp)
+        if model.can_generate() and model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     save_activation_state(model, tmp)
     if fmt.compact:
         config = formats.compress_checkpoint(tmp, fmt, targets)

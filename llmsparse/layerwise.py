@@ -12,18 +12,18 @@ dense one, taken from a dense copy of the layer so that ``true_sequential`` grou
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .engine import _on_device, collect_stats, compute_dtype, input_groups, master_weight, matrix_inputs, walk_layers
+from .engine import Resident, collect_stats, compute_dtype, input_groups, master_weight, matrix_inputs, walk_layers
 from .layout import DecoderLayout, get_weight
 from .masks import Pattern
 from .methods import Method, PruneResult
 from .quantize import STATE_ATTR
+from .report import MatrixReport
 from .stats import Bundle
 
 
@@ -39,16 +39,12 @@ class Pass(Protocol):
     def apply(self, name: str, dense: torch.Tensor, result: PruneResult, stats: Any, pattern: Pattern) -> PruneResult: ...
 
 
-@dataclass
-class MatrixResult:
-    name: str
-    layer: int
-    sparsity: float  # the target this matrix was pruned to
-    result: PruneResult
+def _prune_matrix(method: Method, passes: list[Pass], name, layer, module, masters: dict, stats, sparsity, pattern, device) -> dict:
+    """Prune the master (stored) weight of ``module``, run the passes, and refresh its compute copy for the re-run.
 
-
-def _prune_matrix(method: Method, passes: list[Pass], name, module, masters: dict, stats, sparsity, pattern, device) -> PruneResult:
-    """Prune the master (stored) weight of ``module``, run the passes, and refresh its compute copy for the re-run."""
+    Returns the matrix's :class:`~llmsparse.report.MatrixReport` as a dict (a streamed run keeps it
+    in its resume state; the weight itself is not kept).
+    """
     master = master_weight(module, masters)
     dense = master.to(device, torch.float32)
     bundle = stats if isinstance(stats, Bundle) else None
@@ -60,7 +56,8 @@ def _prune_matrix(method: Method, passes: list[Pass], name, module, masters: dic
         setattr(module, STATE_ATTR, result.quant)  # the grid parameters, for exports that store codes
     master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
     get_weight(module).copy_(master)
-    return result
+    report = MatrixReport(name, layer, list(master.shape), sparsity, int((master == 0).sum()), result.error, result.notes)
+    return asdict(report)
 
 
 def _dense_inputs(layer: nn.Module, prefix: str, matrices: dict[str, nn.Module], dense: list, call, device):
@@ -88,44 +85,43 @@ def prune_layers(
     true_sequential: bool = False,
     dtype: torch.dtype | None = None,
     passes: list[Pass] | None = None,
-) -> list[MatrixResult]:
+    store: Resident | None = None,
+) -> list[MatrixReport]:
     """Prune ``targets`` (layer index -> {name: matrix}) layer by layer; ``sparsities[i]`` is layer i's target.
 
     Calibration forwards run in ``dtype`` (default: :func:`compute_dtype`); statistics and the
     pruning math are float32, and the stored weights keep their own dtype. ``passes`` run after the
-    method on every matrix, in order.
+    method on every matrix, in order. ``store`` holds the layers (:func:`~llmsparse.engine.walk_layers`);
+    the same code prunes an in-memory model and a streamed checkpoint.
     """
     device = torch.device(device)
     passes = list(passes or [])
-    layers = layout.layers
-    dtype = dtype or compute_dtype(next(layers[0].parameters()).dtype, device)
-    results: list[MatrixResult] = []
-
-    if not method.needs_calibration and not any(p.needs_calibration for p in passes):
-        for i in tqdm(range(len(layers)), desc=f"{method.name} layers"):
-            for name, module in targets.get(i, {}).items():
-                with _on_device([module], device) as masters:
-                    result = _prune_matrix(method, passes, name, module, masters, None, sparsities[i], pattern, device)
-                results.append(MatrixResult(name, i, sparsities[i], result))
-        return results
+    dtype = dtype or compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
     def new_stats(columns, dev):
         own = method.new_stats(columns, dev)
         return Bundle(own, [p.new_stats(columns, dev, own) for p in passes])
 
-    def visit(i, layer, hidden, call, masters, dense=None):
+    def visit(i, layer, hidden, call, masters, dense=None) -> list[dict]:
         matrices = targets.get(i, {})
+        if hidden is None:  # nothing to calibrate: each matrix from its weights alone
+            return [_prune_matrix(method, passes, n, i, m, masters, None, sparsities[i], pattern, device) for n, m in matrices.items()]
         if not matrices:
-            return
+            return []
+        rows = []
         inputs = _dense_inputs(layer, layout.layer_name(i), matrices, dense, call, device) if dense is not None else None
         groups = input_groups(layer, matrices, hidden[0], call, device) if true_sequential else [list(matrices)]
         for group in groups:
             subset = {n: matrices[n] for n in group}
             stats = collect_stats(layer, subset, hidden, call, device, new_stats, inputs)
             for name, module in subset.items():
-                result = _prune_matrix(method, passes, name, module, masters, stats[name], sparsities[i], pattern, device)
-                results.append(MatrixResult(name, i, sparsities[i], result))
+                rows.append(_prune_matrix(method, passes, name, i, module, masters, stats[name], sparsities[i], pattern, device))
             del stats  # free this group's statistics (Hessians can be large) before the next group's
+        return rows
 
-    walk_layers(layout, input_ids, device, dtype, visit, f"{method.name} layers", dense_stream=any(p.needs_dense for p in passes))
-    return results
+    calibrated = method.needs_calibration or any(p.needs_calibration for p in passes)
+    per_layer = walk_layers(
+        layout, input_ids if calibrated else None, device, dtype, visit, f"{method.name} layers",
+        dense_stream=any(p.needs_dense for p in passes), store=store, key="prune", changes=True,
+    )
+    return [MatrixReport(**row) for rows in per_layer for row in rows]

@@ -12,17 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import budgets, engine, layerwise, masks
+from . import budgets, engine, layerwise, masks, offload
 from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from .checks import check_weights, guard_statistics
-from .errors import ModelError
+from .errors import SettingsError
 from .layout import find_layers, get_weight, resolve_device, select_targets
+from .memory import peak_rss
 from .methods import METHODS, Method, get_method
 from .models import parse_dtype
 from .quantize import BITS, QUANTIZE_METHODS, Grid
 from .quantpass import Quantization
 from .reconstruct import DEFAULT_ITERS, SOLVERS, TARGETS, Reconstruction
-from .report import MatrixReport, PruneReport
+from .report import PruneReport
 from .settings import Settings, api, device_setting, regex, setting
 
 
@@ -80,6 +81,12 @@ class PruneSettings(Settings):
     quantize_method: str = setting(
         "gptq", "gptq (error-compensating, keeps the mask; joint with sparsegpt) or rtn (round to nearest)", choices=QUANTIZE_METHODS
     )
+    stream: bool = setting(
+        False,
+        "read one decoder layer at a time from the safetensors checkpoint, prune it and write it to --output at once "
+        "(for models bigger than memory; Python: prune_checkpoint)",
+    )
+    resume: bool = setting(False, "continue an interrupted --stream run into the same --output with the same arguments", recipe=False)
 
     def __post_init__(self) -> None:
         # a lone regex is one pattern (iterating it would match character by character)
@@ -149,14 +156,23 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
     with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
     """
-    pruner, sparsity, pat = check_request(s)
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise ModelError(
-            "the model has offloaded (meta) parameters from an accelerate device_map; load it on CPU instead "
-            "and pass device='cuda': llmsparse moves one decoder layer at a time to the GPU"
+    if s.stream or s.resume:
+        raise SettingsError(
+            "stream/resume prune a checkpoint on disk one layer at a time: call llmsparse.prune_checkpoint(path, output, ...) "
+            "(command line: --stream --output DIR)"
         )
-    check_weights(model)  # a NaN/inf weight would give wrong masks without a word
-    guard_statistics(pruner)  # and so would NaN/inf calibration statistics
+    store = None
+    if any(p.device.type == "meta" for p in model.parameters()):  # accelerate offload: each layer onloaded while pruned
+        store = offload.Offloaded(model, resolve_device(s.device))
+    check_weights(model)  # a NaN/inf weight would give wrong masks without a word (offloaded ones: as they load)
+    return run_prune(model, tokenizer, s, store)
+
+
+def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resident | None = None) -> PruneReport:
+    """The work of :func:`prune` on ``model`` whose layers ``store`` holds (default: all in memory; a streamed
+    checkpoint's skeleton with :class:`llmsparse.stream.Streamed`). Weights are checked by the caller."""
+    pruner, sparsity, pat = check_request(s)
+    guard_statistics(pruner)  # NaN/inf calibration statistics would give wrong masks without a word
     layout = find_layers(model)
     budgets.check_layer_count(s.layer_budget, len(layout.layers))
     chosen = select_targets(model, s.targets, s.ignore)
@@ -177,23 +193,19 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     needs = calibration_needs(pruner, s)
     if needs:
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
+    store = store or engine.Resident()
+    store.begin(ids)
     calibrated = time.perf_counter()
 
     was_training = model.training
     model.eval()
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
-        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl)
-        results = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s, pruner, storage))
+        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl, store)
+        rows = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s, pruner, storage), store)
     finally:
         model.train(was_training)
     finished = time.perf_counter()
-
-    modules = {name: module for matrices in chosen.values() for name, module in matrices.items()}
-    rows = []
-    for r in results:
-        weight = get_weight(modules[r.name])
-        rows.append(MatrixReport(r.name, r.layer, list(weight.shape), r.sparsity, int((weight == 0).sum()), r.result.error, r.result.notes))
     return PruneReport(
         method=s.method,
         options=pruner.options()
@@ -206,4 +218,5 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
         calibration=calibration,
         layer_budget=budget_info,
         seconds={"calibration_data": calibrated - started, "prune": finished - calibrated, "total": finished - started},
+        peak_memory=peak_rss(),
     )

@@ -62,3 +62,11 @@ def load_recipe(path: str | Path, kind: str = "prune") -> dict[str, Any]:
 
 def dump_recipe(recipe: dict[str, Any], kind: str = "prune") -> str:
     return yaml.safe_dump({k: recipe[k] for k in recipe_keys(kind) if recipe.get(k) is not None}, sort_keys=False)
+
+
+def run_recipe(settings: Settings, report) -> dict[str, Any]:
+    """The recipe to save with a run: its settings, with the calibration source the run resolved."""
+    recipe = settings.recipe()
+    calib = recipe.get("calib")
+    recipe["calib"] = report.calibration["source"] if report.calibration else (calib if calib is None or isinstance(calib, str) else "tensor")
+    return recipe

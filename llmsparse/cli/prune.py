@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..calibration import check_calib
+from ..errors import SettingsError
+from ..formats import shard_files
+from ..memory import check_fits
 from ..methods import METHODS
+from ..models import parse_dtype
 from ..pruning import PruneSettings, calibration_needs, check_request, prune
 from ..recipe import load_recipe
+from ..stream import checkpoint_dir, prune_checkpoint
 from . import flags, preflight, tail
 
 HELP = "one-shot, layer-by-layer pruning"
@@ -31,9 +36,29 @@ def run(args: argparse.Namespace) -> int:
     needs = calibration_needs(method, settings)
     if needs:
         check_calib(settings.calib, needs, settings.text_field)
+    if settings.stream or settings.resume:
+        return _stream(args, settings, pattern, bool(needs))
     directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
     if directory is not None:
         preflight.check_shapes(directory, settings, pattern, bool(needs), bool(args.trust_remote_code))
+        check_fits(shard_files(directory), parse_dtype(args.dtype))
     with tail.claimed_output(args, settings, pattern) as out:
         model, tokenizer = flags.load(args)
         return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings)), settings, "report")
+
+
+def _stream(args: argparse.Namespace, settings: PruneSettings, pattern, calibrated: bool) -> int:
+    """``--stream``: the checkpoint is pruned one decoder layer at a time straight into ``--output``."""
+    if not settings.stream:
+        raise SettingsError("--resume continues an interrupted --stream run: give --stream as well")
+    if not args.output:
+        raise SettingsError("--stream writes each finished layer to the output at once: give --output DIR")
+    if args.eval_ppl:
+        raise SettingsError("--eval-ppl needs the whole model in memory; with --stream, evaluate the saved output (llmsparse evaluate DIR)")
+    directory = preflight.model_dir(str(checkpoint_dir(args.model)), bool(args.trust_remote_code))
+    preflight.check_shapes(directory, settings, pattern, calibrated, bool(args.trust_remote_code))
+    with tail.claimed_output(args, settings, pattern) as out:
+        report = prune_checkpoint(args.model, out.output, out.format, out.overwrite, args.dtype, **vars(settings))
+        print(report.table() if args.verbose else report.summary())
+        tail.saved_summary(out, report, out.output)
+    return 0

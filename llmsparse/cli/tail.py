@@ -23,7 +23,9 @@ from ..formats import FORMATS, get_format
 from ..hub import push
 from ..layout import resolve_device
 from ..masks import Pattern
+from ..memory import peak_rss
 from ..outdir import claim
+from ..recipe import run_recipe
 from ..settings import Settings, setting
 from ..text import check_eval_source
 from .flags import given
@@ -97,13 +99,6 @@ def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Patter
         yield out
 
 
-def run_recipe(settings: Settings, report) -> dict[str, Any]:
-    """The recipe to save with a run: its settings, with the calibration source the run resolved."""
-    recipe = settings.recipe()
-    recipe["calib"] = report.calibration["source"] if report.calibration else recipe.get("calib")
-    return recipe
-
-
 def finish(
     args: argparse.Namespace,
     out: OutputSettings,
@@ -149,11 +144,16 @@ def finish(
             **{report_arg: report},
             **save,
         )
-        storage = getattr(report, "storage", None)
-        if storage:
-            ratio = storage["bytes_compressed"] / storage["bytes_dense"]
-            print(f"pruned matrices: {storage['bytes_dense']:,} bytes dense -> {storage['bytes_compressed']:,} bytes {storage['format']} ({ratio:.3f}x)")
-        print(f"saved to {saved}")
-        if out.push_to_hub:
-            print(f"pushed: {push(saved, out.push_to_hub, private=out.private, revision=out.revision)}")
+        saved_summary(out, report, saved)
     return 0
+
+
+def saved_summary(out: OutputSettings, report, saved) -> None:
+    """What a saved run prints after saving (compact storage, the path, peak memory) and the Hub upload ``out`` asks for."""
+    storage = getattr(report, "storage", None)
+    if storage:
+        ratio = storage["bytes_compressed"] / storage["bytes_dense"]
+        print(f"pruned matrices: {storage['bytes_dense']:,} bytes dense -> {storage['bytes_compressed']:,} bytes {storage['format']} ({ratio:.3f}x)")
+    print(f"saved to {saved}; peak resident memory {peak_rss() / 2**30:.2f} GiB")
+    if out.push_to_hub:
+        print(f"pushed: {push(saved, out.push_to_hub, private=out.private, revision=out.revision)}")

@@ -1,0 +1,72 @@
+"""Process memory: the peak resident set of a run, and the guard before loading a model that will not fit.
+
+A model loaded whole needs at least its weights' bytes in memory (the safetensors files hold
+exactly those bytes at the stored dtype; a ``--dtype`` cast scales them by the element size).
+The guard compares that with the memory the kernel says is available (``MemAvailable``) and
+refuses a run that cannot fit, pointing at ``--stream``, which holds one decoder layer at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import MemoryLimitError
+from .tensorfile import TORCH, nbytes, read_header
+
+
+def peak_rss() -> int:
+    """The peak resident memory of this process so far, in bytes.
+
+    Linux: ``VmHWM``, the high-water mark of this program's own address space (``ru_maxrss`` also
+    keeps the mark of the process that forked it, from before ``exec``); elsewhere ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel can give a new allocation without swapping (``MemAvailable``), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def weight_bytes(shards: list[Path], dtype: torch.dtype | None = None) -> int:
+    """Bytes of the tensors in safetensors ``shards`` (read from their headers), floating ones as ``dtype`` when given."""
+    total = 0
+    for shard in shards:
+        for entry in read_header(shard)[0].values():
+            size = nbytes(entry)
+            if dtype is not None and TORCH[entry["dtype"]].is_floating_point:
+                size = size // TORCH[entry["dtype"]].itemsize * dtype.itemsize
+            total += size
+    return total
+
+
+def check_fits(shards: list[Path], dtype: torch.dtype | None = None, available: int | None = None) -> None:
+    """Refuse to load a model whose weights alone exceed the available memory (suggesting ``--stream``)."""
+    need = weight_bytes(shards, dtype)
+    free = available_memory() if available is None else available
+    if free is not None and need > free:
+        raise MemoryLimitError(
+            f"the model's weights take {need / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of memory is available: "
+            "prune it with --stream --output DIR (one decoder layer in memory at a time)"
+        )
