@@ -12,7 +12,6 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-
 from ..cpu import ISA_ENV, ISAS, cpu_isa
 from ..errors import KernelBuildError
 
