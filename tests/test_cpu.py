@@ -123,3 +123,17 @@ def test_saved_run_records_the_machine(tmp_path, calib_ids):
     meta = json.loads((tmp_path / "out" / "llmsparse.json").read_text())
     assert meta["machine"] == json.loads(json.dumps(cpu.machine().to_dict()))
     assert set(meta["machine"]["features"]) <= set(cpu.FEATURES) and meta["machine"]["threads"] == torch.get_num_threads()
+
+
+def test_both_kernels_take_their_path_from_one_detection(monkeypatch):
+    from llmsparse.activation import kernel as decode_kernel
+    from llmsparse.runtime import kernel as runtime_kernel
+
+    assert runtime_kernel.cpu_isa is cpu.cpu_isa and runtime_kernel.ISAS is cpu.ISAS
+    monkeypatch.setenv(cpu.ISA_ENV, "scalar")
+    cpu.cpu_isa.cache_clear()
+    try:
+        assert decode_kernel.isa() == runtime_kernel.cpu_isa() == "scalar"
+        assert runtime_kernel.ISA_FLAGS["scalar"] == []  # a portable build: no -march
+    finally:
+        cpu.cpu_isa.cache_clear()
