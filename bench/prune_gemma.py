@@ -87,27 +87,26 @@ def vs_peer(args: argparse.Namespace) -> None:
     check = subprocess.run([args.peer_python, "-c", "import llmcompressor; print(llmcompressor.__version__)"], capture_output=True, text=True)
     if check.returncode:
         raise SystemExit(f"{args.peer_python} cannot import llmcompressor: {check.stderr.strip().splitlines()[-1]}")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in args.only or PEER_ROWS:
-            ids = str(Path(tmp) / "ids.pt")
-            ours = run_isolated(__file__, {**spec_for(row, args), "ids_out": ids, "t0": time.time()})
-            method, pattern = row.split(":", 1)
-            peer = peer_run(args.peer_python, {"model": ours["model_dir"], "ids": ids, "method": method, "pattern": pattern, "t0": time.time()})
-            rows.append((row, ours, peer))
-            print(f"done {row}", file=sys.stderr)
     print(machine_header())
     print(f"Gemma 3 270M float32, calib 32x512 wiki.valid.tokens (seed {args.seed}, same ids for both), llmsparse compute dtype {args.compute_dtype}, "
           f"llm-compressor {check.stdout.strip()} (oneshot, float32); prune s = the pruning call, whole s = process start to pruned model")
     print("| method    | pattern      | llmsparse prune s | whole s | peak RSS GiB | llm-compressor prune s | whole s | peak RSS GiB | whole-s ratio |")
-    print("|-----------|--------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|")
-    for row, ours, peer in rows:
-        method, _, pattern = row.partition(":")
-        print(f"| {method:<9} | {pattern:<12} | {ours['seconds']:17.1f} | {ours['whole_s']:7.1f} | {ours['peak_rss_gib']:12.2f} | "
-              f"{peer['seconds']:22.1f} | {peer['whole_s']:7.1f} | {peer['peak_rss_gib']:12.2f} | {ours['whole_s'] / peer['whole_s']:12.2f}x |")
-    print("sparsity of the decoder matrices: " + ", ".join(f"{r} llmsparse {o['global_sparsity']:.4f} / peer {p['global_sparsity']:.4f}" for r, o, p in rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{"row": r, "llmsparse": o, "llm-compressor": p} for r, o, p in rows], indent=2) + "\n")
+    print("|-----------|--------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.only or PEER_ROWS:  # each row printed when done: a stopped run keeps the finished rows
+            ids = str(Path(tmp) / "ids.pt")
+            load = os.getloadavg()[0]
+            ours = run_isolated(__file__, {**spec_for(row, args), "ids_out": ids, "t0": time.time()})
+            method, pattern = row.split(":", 1)
+            peer = peer_run(args.peer_python, {"model": ours["model_dir"], "ids": ids, "method": method, "pattern": pattern, "t0": time.time()})
+            rows.append({"row": row, "llmsparse": ours, "llm-compressor": peer, "load_average": [load, os.getloadavg()[0]]})
+            print(f"| {method:<9} | {pattern:<12} | {ours['seconds']:17.1f} | {ours['whole_s']:7.1f} | {ours['peak_rss_gib']:12.2f} | "
+                  f"{peer['seconds']:22.1f} | {peer['whole_s']:7.1f} | {peer['peak_rss_gib']:12.2f} | {ours['whole_s'] / peer['whole_s']:12.2f}x |", flush=True)
+            print(f"  {row}: sparsity of the decoder matrices llmsparse {ours['global_sparsity']:.4f}, llm-compressor {peer['global_sparsity']:.4f}; "
+                  f"llmsparse ppl {ours['ppl']:.2f} ({ours['windows']} windows); load average {load:.1f} -> {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
