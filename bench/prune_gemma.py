@@ -87,9 +87,10 @@ def vs_peer(args: argparse.Namespace) -> None:
     check = subprocess.run([args.peer_python, "-c", "import llmcompressor; print(llmcompressor.__version__)"], capture_output=True, text=True)
     if check.returncode:
         raise SystemExit(f"{args.peer_python} cannot import llmcompressor: {check.stderr.strip().splitlines()[-1]}")
+    version = check.stdout.strip().splitlines()[-1]  # llm-compressor logs to stdout on import
     print(machine_header())
     print(f"Gemma 3 270M float32, calib 32x512 wiki.valid.tokens (seed {args.seed}, same ids for both), llmsparse compute dtype {args.compute_dtype}, "
-          f"llm-compressor {check.stdout.strip()} (oneshot, float32); prune s = the pruning call, whole s = process start to pruned model")
+          f"llm-compressor {version} (oneshot, float32); prune s = the pruning call, whole s = process start to pruned model")
     print("| method    | pattern      | llmsparse prune s | whole s | peak RSS GiB | llm-compressor prune s | whole s | peak RSS GiB | whole-s ratio |")
     print("|-----------|--------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|", flush=True)
     rows = []
