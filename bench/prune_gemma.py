@@ -32,7 +32,7 @@ ROWS = ["dense", "magnitude:unstructured", "wanda:unstructured", "sparsegpt:unst
 
 
 def spec_for(row: str, args: argparse.Namespace) -> dict:
-    spec = {"compute_dtype": args.compute_dtype, "windows": args.windows, "seed": args.seed}
+    spec = {"compute_dtype": args.compute_dtype, "windows": args.windows, "seed": args.seed, "nsamples": args.nsamples}
     if row != "dense":
         method, pattern = row.split(":", 1)
         spec["prune"] = {"method": method, "sparsity": None if ":" in pattern else 0.5, "pattern": pattern}
@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compute-dtype", default="auto", help="dtype of the calibration forwards (auto: float32 for this float32 model)")
     parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512 tokens")
     parser.add_argument("--seed", type=int, default=0, help="calibration seed")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="run only these rows")
     parser.add_argument("--json", help="also write the rows as JSON here")
@@ -61,7 +62,7 @@ def main() -> None:
         results.append({"row": row, **run_isolated(__file__, spec_for(row, args))})
         print(f"done {row}", file=sys.stderr)
     print(machine_header())
-    print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens (seed {args.seed}), compute dtype {args.compute_dtype}, ppl wiki.test.raw seqlen 1024 x {args.windows} windows")
+    print(f"Gemma 3 270M, calib {args.nsamples}x512 wiki.valid.tokens (seed {args.seed}), compute dtype {args.compute_dtype}, ppl wiki.test.raw seqlen 1024 x {args.windows} windows")
     print(f"| {'method':<10} | {'pattern':<12} | {'prune s':>7} | {'peak RSS GiB':>12} | {'ppl':>8} |")
     print(f"|{'-' * 12}|{'-' * 14}|{'-' * 9}|{'-' * 14}|{'-' * 10}|")
     for r in results:
@@ -89,7 +90,7 @@ def vs_peer(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.peer_python} cannot import llmcompressor: {check.stderr.strip().splitlines()[-1]}")
     version = check.stdout.strip().splitlines()[-1]  # llm-compressor logs to stdout on import
     print(machine_header())
-    print(f"Gemma 3 270M float32, calib 32x512 wiki.valid.tokens (seed {args.seed}, same ids for both), llmsparse compute dtype {args.compute_dtype}, "
+    print(f"Gemma 3 270M float32, calib {args.nsamples}x512 wiki.valid.tokens (seed {args.seed}, same ids for both), llmsparse compute dtype {args.compute_dtype}, "
           f"llm-compressor {version} (oneshot, float32); prune s = the pruning call, whole s = process start to pruned model")
     print("| method    | pattern      | llmsparse prune s | whole s | peak RSS GiB | llm-compressor prune s | whole s | peak RSS GiB | whole-s ratio |")
     print("|-----------|--------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|", flush=True)
