@@ -35,18 +35,39 @@ def validation_split(fraction: float = 0.75) -> tuple[Path, Path]:
     return calib, held
 
 
+def machine_header() -> str:
+    """The line every bench table starts with: this machine's CPU, its instruction sets, threads and GPUs."""
+    import torch
+
+    from llmsparse.cpu import machine
+
+    return f"machine: {machine().summary()}; torch {torch.__version__}"
+
+
 def run_here(spec: dict) -> dict:
-    """Load Gemma, prune with ``spec['prune']`` (``prune()`` keyword arguments; none: dense), measure."""
+    """Load Gemma, prune with ``spec['prune']`` (``prune()`` keyword arguments; none: dense), measure.
+
+    ``spec['ids_out']``: also save the calibration token ids there (``--vs-peer`` gives them to the
+    peer); ``spec['t0']``: the parent's clock when it started this process, for ``whole_s`` (start to pruned).
+    """
     import llmsparse
 
     model, tok = llmsparse.load_model("gemma-3-270m")
     seconds, sparsity = 0.0, 0.0
+    calib = spec.get("calib_file", str(DATA / "wiki.valid.tokens"))
+    if spec.get("ids_out"):
+        import torch
+
+        from llmsparse.calibration import calibration_ids
+
+        calib = calibration_ids(calib, tok, spec.get("nsamples", 32), 512, spec.get("seed", 0))
+        torch.save(calib, spec["ids_out"])
     if spec.get("prune"):
         started = time.perf_counter()
         report = llmsparse.prune(
             model,
             tok,
-            calib=spec.get("calib_file", str(DATA / "wiki.valid.tokens")),
+            calib=calib,
             nsamples=spec.get("nsamples", 32),
             seqlen=512,
             seed=spec.get("seed", 0),
@@ -56,9 +77,10 @@ def run_here(spec: dict) -> dict:
         )
         seconds = time.perf_counter() - started
         sparsity = report.global_sparsity
+    whole = time.time() - spec["t0"] if "t0" in spec else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     ppl = llmsparse.perplexity(model, tok, spec.get("ppl_file", str(DATA / "wiki.test.raw")), seqlen=1024, windows=spec.get("windows", 8))
-    return {"seconds": seconds, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows, "global_sparsity": sparsity}
+    return {"seconds": seconds, "whole_s": whole, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows, "global_sparsity": sparsity, "model_dir": str(model.name_or_path)}
 
 
 def run_isolated(script: str, spec: dict) -> dict:

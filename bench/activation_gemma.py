@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA  # noqa: E402
+from _gemma import DATA, machine_header  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 QUICK = {"greedy_step": 0.1, "greedy_samples": 1}
@@ -133,6 +133,7 @@ def main() -> None:
                 detach(model)
                 save()
                 print(f"done {label} {s:g} seed {seed}: ppl {ppl:.2f}, measured {measured['overall']:.1%}, {seconds:.0f} s", flush=True)
+    print(machine_header())
     print(table(results, sparsities, seeds))
 
 

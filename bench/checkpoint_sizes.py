@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA  # noqa: E402
+from _gemma import DATA, machine_header  # noqa: E402
 
 import llmsparse  # noqa: E402
 
@@ -44,6 +44,7 @@ def main() -> None:
             report.storage = {}
             rows.append((pattern or "50%", fmt, size, storage, in_memory, reloaded, same))
             print(f"done {pattern or '50%'} {fmt}", file=sys.stderr)
+    print(machine_header())
     print("Gemma 3 270M (bfloat16), Wanda, calib 32x512 wiki.valid.tokens; ppl wiki.test.raw seqlen 1024 x 8 windows")
     print("| sparsity | format | safetensors bytes | pruned matrices: dense -> stored | ratio | ppl in memory | ppl reloaded | tensors identical |")
     print("|---|---|---|---|---|---|---|---|")

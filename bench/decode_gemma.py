@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA  # noqa: E402
+from _gemma import DATA, machine_header  # noqa: E402
 
 PROMPT = "The history of the city begins in the Roman period, when a small settlement grew up around the river crossing and"
 
@@ -90,13 +90,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import llmsparse
-    from llmsparse.activation import detach, disable_sparse_decode, enable_sparse_decode
+    from llmsparse.activation import detach, disable_sparse_decode, enable_sparse_decode, kernel
     from llmsparse.activation.decode import timed_generate
 
     torch.manual_seed(0)
     model, tok = llmsparse.load_model("gemma-3-270m")
     f = weight_share(model)
-    print(f"Gemma 3 270M, {next(model.parameters()).dtype}, {torch.get_num_threads()} threads; f = {f:.3f}")
+    print(machine_header())
+    print(f"Gemma 3 270M, {next(model.parameters()).dtype}, {torch.get_num_threads()} threads; f = {f:.3f}; sparse decode kernel: {kernel.isa() + ' C++' if kernel.available() else 'torch (no C++ kernel)'}")
 
     def speed() -> tuple[float, str]:
         runs = [timed_generate(model, tok, PROMPT, args.tokens) for _ in range(args.repeats)]

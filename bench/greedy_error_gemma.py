@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA  # noqa: E402
+from _gemma import DATA, machine_header  # noqa: E402
 
 
 def top_share(per_token: torch.Tensor, fraction: float = 0.01) -> float:
@@ -58,6 +58,7 @@ def main() -> None:
         rows.append((i, top_share(sq), top_share(sq / norm2), norm2.sqrt().median().item(), norm2.sqrt().max().item()))
 
     engine.walk_layers(find_layers(model), ids, cpu, torch.float32, visit, "layers")
+    print(machine_header())
     print(f"TEAL uniform {args.sparsity:.0%}, one layer at a time; {ids.shape[1]} tokens of the first calibration sequence\n")
     print("| layer | top 1% tokens' share: mse | relative | median token norm | largest token norm |")
     print("|---|---|---|---|---|")

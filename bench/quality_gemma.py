@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import run_here, run_isolated, validation_split  # noqa: E402
+from _gemma import machine_header, run_here, run_isolated, validation_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"50": {"sparsity": 0.5}, "2of4": {"pattern": "2:4"}, "60": {"sparsity": 0.6}, "70": {"sparsity": 0.7}}
@@ -100,6 +100,7 @@ def final(args: argparse.Namespace) -> None:
             chosen = {k: v for k, v in recipe.items() if k not in ("calib", "nsamples", "seqlen", "seed")}
             jobs[f"{target}|best-{target} recipe"] = chosen
     results = run_all(jobs, Path(args.json or ROOT / "docs" / "quality_final.json"), base)
+    print(machine_header())
     print(f"Gemma 3 270M, core protocol (32 x 512 wiki.valid.tokens, seed 0; ppl wiki.test.raw 1024 x 8); dense {results['dense|-']['ppl']:.2f}")
     print(table(results, [k for k in jobs if k != "dense|-"], "method"))
 

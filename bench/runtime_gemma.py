@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA  # noqa: E402
+from _gemma import DATA, machine_header  # noqa: E402
 
 GEMMA = {"q": (1024, 640), "k/v": (256, 640), "o": (640, 1024), "gate/up": (2048, 640), "down": (640, 2048)}
 SEVEN_B = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096), "4096x11008": (4096, 11008)}
@@ -87,6 +87,7 @@ def median_times(calls: dict, repeats: int) -> dict:
 def matmul(repeats: int) -> None:
     from llmsparse.runtime import cpu_isa
 
+    print(machine_header())
     print(f"load average {load_average()}; {torch.get_num_threads()} threads; sparse kernels: {cpu_isa()}\n")
     for title, shapes, tokens in (("Gemma 3 270M shapes", GEMMA, [1]), ("7B-class shapes", SEVEN_B, [1, 9, 128])):
         for t in tokens:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import run_here, run_isolated  # noqa: E402
+from _gemma import machine_header, run_here, run_isolated  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHODS = ["magnitude", "wanda", "sparsegpt"]
@@ -103,6 +103,7 @@ def main() -> None:
         print(f"done {k}: ppl {results[k]['ppl']:.2f} in {results[k]['seconds']:.1f} s", file=sys.stderr, flush=True)
     sparsities = sorted({r["sparsity"] for k, r in results.items() if k != "dense"})
     methods = [m for m in METHODS if any(k.startswith(m + "|") for k in results)]
+    print(machine_header())
     print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens (seed {args.seed}), compute dtype {args.compute_dtype}, "
           f"ppl wiki.test.raw seqlen 1024 x {args.windows} windows; dense ppl {results['dense']['ppl']:.2f}\n")
     print("Perplexity\n\n" + table(results, sparsities, methods, "ppl", ".2f"))

@@ -21,6 +21,7 @@ import torch
 from . import formats
 from .activation.io import save_activation_state
 from .card import model_card
+from .cpu import machine
 from .layout import target_weights
 from .outdir import METADATA_FILE, claim, publish, staging
 from .recipe import dump_recipe
@@ -43,6 +44,7 @@ def compressible_weights(model, fmt: formats.Format, report: PruneReport | None 
 
 
 def versions() -> dict[str, str]:
+    """The versions that decide a saved run's numbers (``llmsparse.json``; ``llmsparse env`` prints more)."""
     import transformers
 
     from . import __version__
@@ -70,6 +72,8 @@ def save_pruned(
     inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
+
+    ``llmsparse.json`` also records the versions and the machine (CPU features, threads, GPUs) the run used.
 
     ``format`` is ``dense``, ``bitmask`` or an N:M pattern such as ``2:4``; with a compact format the
     byte counts of the pruned matrices before and after land in ``report.storage``. Activation
@@ -108,7 +112,7 @@ def write_output(
             report.storage = storage
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions()}
+    metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions(), "machine": machine().to_dict()}
     if recipe is not None:
         metadata["recipe"] = recipe
         metadata["recipe_kind"] = recipe_kind

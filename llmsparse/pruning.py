@@ -50,7 +50,8 @@ class PruneSettings(Settings):
     device: str | torch.device | None = device_setting()
     compute_dtype: str | torch.dtype | None = setting(
         "auto",
-        "dtype of the calibration forward passes: auto (the model's; float32 for float16 models on CPU), float32, bfloat16 or float16; statistics and pruning math are float32 either way",
+        "dtype of the calibration forward passes: auto (the model's where the device runs it natively, else float32: "
+        "bf16 needs AVX-512 BF16/AMX or a bf16 GPU), float32, bfloat16 or float16; statistics and pruning math are float32 either way",
         recipe=False,
     )
     text_field: str = text_field_setting()
@@ -149,9 +150,9 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     ``'self'`` (text the model generates) or a ready ``[nsamples, seqlen]`` id tensor. Defaults
     (128 x 2048 tokens, seed 0) follow the papers. Every input is checked before any weight changes.
 
-    ``compute_dtype`` sets the dtype of the calibration forward passes (default: the model's,
-    float32 for float16 models on CPU); statistics and pruning math are always float32 and the
-    model keeps its own dtype.
+    ``compute_dtype`` sets the dtype of the calibration forward passes (default ``auto``: the model's
+    where the device runs it natively, float32 otherwise; see :func:`llmsparse.engine.compute_dtype`);
+    statistics and pruning math are always float32 and the model keeps its own dtype.
 
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
     with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
@@ -186,7 +187,7 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
     if quant is not None and joint(pruner, s):
         pruner.grid, pruner.storage_dtype = quant, storage
     device = resolve_device(s.device)
-    dtype = parse_dtype(s.compute_dtype) or engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
+    dtype = engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device, parse_dtype(s.compute_dtype))
 
     started = time.perf_counter()
     ids = calibration = None

@@ -14,6 +14,7 @@ sparsified; calls with several tokens (a prompt, or a perplexity window) are spa
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from torch import nn
 from ..errors import check_choice
 from ..runtime.linear import SparseLinear
 from . import kernel as _kernel
+
+log = logging.getLogger(__name__)
 
 PREFILL = ("all", "none", "last-half")
 SETTINGS_ATTR = "_llmsparse_activation"  # model attribute: the settings of the attached sparsifier
@@ -204,6 +207,7 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
         kernel = "cpp" if _kernel.available() else "torch"
     elif kernel == "cpp":
         _kernel.load()  # raises KernelBuildError with the compiler's complaint
+    log.info("sparse decode: %s", f"C++ kernel, {_kernel.isa()} path" if kernel == "cpp" else "torch ops (F.embedding_bag)")
     count = 0
     for name, site in sites_of(model).items():
         module = model.get_submodule(name)

@@ -1,4 +1,4 @@
-"""Command line: ``llmsparse prune|sparsify|generate|eval|compare|sweep|push|methods``, thin over the Python API.
+"""Command line: ``llmsparse prune|sparsify|generate|eval|compare|sweep|push|methods|env``, thin over the Python API.
 
 One module per command, each with ``HELP``, ``DESCRIPTION``, ``add(parser)`` and ``run(args)``;
 flags come from the settings dataclasses (:mod:`.flags`), and every
@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .. import __version__
-from . import compare, evaluate, flags, generate, methods, prune, push, sparsify, sweep
+from . import compare, env, evaluate, flags, generate, methods, prune, push, sparsify, sweep
 
 #: Subcommand name -> module.
 COMMANDS = {
@@ -23,6 +23,7 @@ COMMANDS = {
     "sweep": sweep,
     "push": push,
     "methods": methods,
+    "env": env,
 }
 
 
