@@ -146,3 +146,22 @@ def cpu_isa() -> str:
         log.warning("%s=%s, but this CPU supports only %s: using %s", ISA_ENV, asked, found, found)
         return found
     return asked
+
+
+def compute_dtype(storage: torch.dtype, device: torch.device, asked: torch.dtype | None = None) -> torch.dtype:
+    """The dtype of calibration forwards: ``asked``, or (``None``, i.e. ``auto``) the fastest one that loses nothing.
+
+    ``auto`` keeps the model's own dtype where the device runs it natively and uses float32
+    otherwise: bf16 only where :func:`~llmsparse.native_bf16` (AVX-512 BF16 or AMX, or a CUDA
+    GPU with bf16), float16 only off CPU (CPU float16 matmuls are slow). It never lowers a float32
+    model's precision, so float32 results do not depend on the machine. An explicit bf16 on a device
+    that emulates it runs as asked, with a warning (once) about the expected ~3x slowdown.
+    """
+    device = torch.device(device)
+    if asked is not None:
+        if asked == torch.bfloat16 and not native_bf16(device):
+            warn_emulated_bf16(device.type)
+        return asked
+    if storage == torch.bfloat16:
+        return storage if native_bf16(device) else torch.float32
+    return torch.float32 if device.type == "cpu" and storage == torch.float16 else storage

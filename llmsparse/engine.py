@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cpu
 from .errors import CalibrationError
 from .layout import DecoderLayout, get_weight
 
@@ -34,25 +33,6 @@ class _Stop(Exception):
 class LayerCall:
     args: tuple
     kwargs: dict
-
-
-def compute_dtype(storage: torch.dtype, device: torch.device, asked: torch.dtype | None = None) -> torch.dtype:
-    """The dtype of calibration forwards: ``asked``, or (``None``, i.e. ``auto``) the fastest one that loses nothing.
-
-    ``auto`` keeps the model's own dtype where the device runs it natively and uses float32
-    otherwise: bf16 only where :func:`~llmsparse.cpu.native_bf16` (AVX-512 BF16 or AMX, or a CUDA
-    GPU with bf16), float16 only off CPU (CPU float16 matmuls are slow). It never lowers a float32
-    model's precision, so float32 results do not depend on the machine. An explicit bf16 on a device
-    that emulates it runs as asked, with a warning (once) about the expected ~3x slowdown.
-    """
-    device = torch.device(device)
-    if asked is not None:
-        if asked == torch.bfloat16 and not cpu.native_bf16(device):
-            cpu.warn_emulated_bf16(device.type)
-        return asked
-    if storage == torch.bfloat16:
-        return storage if cpu.native_bf16(device) else torch.float32
-    return torch.float32 if device.type == "cpu" and storage == torch.float16 else storage
 
 
 def _to(obj, device: torch.device, dtype: torch.dtype):

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .engine import Resident, collect_stats, compute_dtype, input_groups, master_weight, matrix_inputs, walk_layers
+from .cpu import compute_dtype
+from .engine import Resident, collect_stats, input_groups, master_weight, matrix_inputs, walk_layers
 from .layout import DecoderLayout, get_weight
 from .masks import Pattern
 from .methods import Method, PruneResult

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import budgets, engine, layerwise, masks, offload
+from . import budgets, cpu, engine, layerwise, masks, offload
 from .calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from .checks import check_weights, guard_statistics
 from .errors import SettingsError
@@ -151,7 +151,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     (128 x 2048 tokens, seed 0) follow the papers. Every input is checked before any weight changes.
 
     ``compute_dtype`` sets the dtype of the calibration forward passes (default ``auto``: the model's
-    where the device runs it natively, float32 otherwise; see :func:`llmsparse.engine.compute_dtype`);
+    where the device runs it natively, float32 otherwise; see :func:`llmsparse.cpu.compute_dtype`);
     statistics and pruning math are always float32 and the model keeps its own dtype.
 
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
@@ -187,7 +187,7 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
     if quant is not None and joint(pruner, s):
         pruner.grid, pruner.storage_dtype = quant, storage
     device = resolve_device(s.device)
-    dtype = engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device, parse_dtype(s.compute_dtype))
+    dtype = cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device, parse_dtype(s.compute_dtype))
 
     started = time.perf_counter()
     ids = calibration = None

@@ -250,6 +250,8 @@ def prune_checkpoint(
     """
     if output is None:
         raise SettingsError("--stream writes each finished layer to the output at once: give --output DIR")
+    if s.quantize != "none":
+        raise SettingsError("--stream does not quantize yet: run --quantize without --stream (in memory)")
     if isinstance(s.calib, str) and s.calib == "self":
         raise SettingsError("calib 'self' samples text from the whole model, which --stream never holds: give a text file or dataset")
     from transformers import AutoTokenizer

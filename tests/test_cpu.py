@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 
 import llmsparse
-from llmsparse import cpu, engine
+from llmsparse import cpu
 from llmsparse.cli import main
 
 CPUINFO = """processor\t: 0
@@ -66,10 +66,10 @@ def test_features_and_native_bf16(fresh, flags, probes, features, bf16):
 def test_auto_compute_dtype(fresh, native):
     fresh.setattr(cpu, "native_bf16", lambda device: native)
     cpu_ = torch.device("cpu")
-    assert engine.compute_dtype(torch.bfloat16, cpu_) == (torch.bfloat16 if native else torch.float32)
-    assert engine.compute_dtype(torch.float32, cpu_) == torch.float32  # never lowers a float32 model
-    assert engine.compute_dtype(torch.float16, cpu_) == torch.float32
-    assert engine.compute_dtype(torch.float32, cpu_, torch.bfloat16) == torch.bfloat16  # explicit wins
+    assert cpu.compute_dtype(torch.bfloat16, cpu_) == (torch.bfloat16 if native else torch.float32)
+    assert cpu.compute_dtype(torch.float32, cpu_) == torch.float32  # never lowers a float32 model
+    assert cpu.compute_dtype(torch.float16, cpu_) == torch.float32
+    assert cpu.compute_dtype(torch.float32, cpu_, torch.bfloat16) == torch.bfloat16  # explicit wins
 
 
 def test_explicit_bf16_without_native_support_warns_once(fresh, caplog, calib_ids):

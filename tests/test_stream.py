@@ -105,3 +105,10 @@ def test_dtype_cast_while_streaming(tmp_path, tokenizer, calib_ids):
     llmsparse.save_pruned(model, tok, tmp_path / "memory", report=report)
     prune_checkpoint(checkpoint, tmp_path / "streamed", dtype="bfloat16", method="wanda", sparsity=0.5, calib=calib_ids)
     assert_same_tensors(tmp_path / "memory", tmp_path / "streamed")
+
+
+def test_stream_refuses_quantization_instead_of_writing_unquantized_weights(tmp_path, tokenizer, calib_ids):
+    source = save_checkpoint(tmp_path / "ckpt", "llama", tokenizer)
+    with pytest.raises(llmsparse.LlmsparseError, match="--stream does not quantize"):
+        prune_checkpoint(source, tmp_path / "out", method="wanda", sparsity=0.5, quantize="int4", group_size=16, calib=calib_ids)
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import engine
+from .. import cpu, engine
 from ..calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..checks import check_inputs, check_weights
 from ..errors import SettingsError, SparsityError
@@ -196,7 +196,7 @@ def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings =
         what = f"{act_method.name} with {allocation} allocation"
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, what)
         layout = find_layers(model)
-        dtype = engine.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
+        dtype = cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
 
         def visit(i, layer, hidden, call, masters):
             block = blocks[i]
