@@ -154,6 +154,18 @@ def forward_layer(layer: nn.Module, h: torch.Tensor, call: LayerCall, device: to
     return out[0] if isinstance(out, tuple) else out
 
 
+def _hooked_forward(layer, matrices: dict[str, nn.Module], hook_for: Callable, h, call, device) -> None:
+    """One forward of ``layer`` with ``hook_for(name)`` as each matrix's pre-hook; a hook raises ``_Stop`` to end it early."""
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
+    try:
+        forward_layer(layer, h, call, device)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def matrix_inputs(layer, matrices: dict[str, nn.Module], h: torch.Tensor, call: LayerCall, device) -> dict[str, torch.Tensor]:
     """The input each matrix reads when ``layer`` runs on ``h`` (the forward stops once all have been seen)."""
@@ -167,14 +179,7 @@ def matrix_inputs(layer, matrices: dict[str, nn.Module], h: torch.Tensor, call: 
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
-    try:
-        forward_layer(layer, h, call, device)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _hooked_forward(layer, matrices, hook_for, h, call, device)
     return inputs
 
 
@@ -212,14 +217,7 @@ def collect_stats(
             dense_inputs = dense(j)
         seen.clear()
         done.clear()
-        handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
-        try:
-            forward_layer(layer, h, call, device)
-        except _Stop:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        _hooked_forward(layer, matrices, hook_for, h, call, device)
     missing = sorted(set(matrices) - set(stats))
     if missing:
         raise CalibrationError(f"no calibration input reached {', '.join(missing)}")

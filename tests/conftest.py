@@ -129,3 +129,12 @@ def ct_python() -> str:
 def bnb_python() -> str:
     """A Python with bitsandbytes (``LLMSPARSE_BNB_VENV`` overrides where its virtualenv lives)."""
     return venv_python("bnb", BNB_REQUIREMENT, "bitsandbytes")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a second one only contends with other work on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

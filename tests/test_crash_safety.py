@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import VALID
 
 from llmsparse.cli import main
@@ -90,13 +89,7 @@ def assert_absent_or_complete(out: Path) -> None:
         assert meta["recipe"]["method"] == "magnitude" and (out / "model.safetensors").is_file()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The in-process runs, like the subprocesses, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("point", ["prune", "staged", "swap"])
