@@ -12,6 +12,7 @@ before the perplexity evaluation).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -80,7 +81,11 @@ def run_here(spec: dict) -> dict:
     whole = time.time() - spec["t0"] if "t0" in spec else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     ppl = llmsparse.perplexity(model, tok, spec.get("ppl_file", str(DATA / "wiki.test.raw")), seqlen=1024, windows=spec.get("windows", 8))
-    return {"seconds": seconds, "whole_s": whole, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows, "global_sparsity": sparsity, "model_dir": str(model.name_or_path)}
+    load = os.getloadavg()[0]  # other work on the machine inflates "seconds"; this says how much there was
+    return {
+        "seconds": seconds, "whole_s": whole, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows,
+        "global_sparsity": sparsity, "model_dir": str(model.name_or_path), "load_average": load,
+    }
 
 
 def run_isolated(script: str, spec: dict) -> dict:
