@@ -19,30 +19,35 @@ from .errors import MemoryLimitError
 from .tensorfile import TORCH, nbytes, read_header
 
 
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key`` line of a /proc file (a count of KiB) in bytes, or None where there is no such file or line."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss() -> int:
     """The peak resident memory of this process so far, in bytes.
 
     Linux: ``VmHWM``, the high-water mark of this program's own address space (``ru_maxrss`` also
     keeps the mark of the process that forked it, from before ``exec``); elsewhere ``ru_maxrss``.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = _proc_bytes("/proc/self/status", "VmHWM:")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
 def available_memory() -> int | None:
     """Bytes the kernel can give a new allocation without swapping (``MemAvailable``), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = _proc_bytes("/proc/meminfo", "MemAvailable:")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
