@@ -54,7 +54,7 @@ def run_here(spec: dict) -> dict:
     import llmsparse
 
     model, tok = llmsparse.load_model("gemma-3-270m")
-    seconds, sparsity = 0.0, 0.0
+    seconds, sparsity, used = 0.0, 0.0, None
     calib = spec.get("calib_file", str(DATA / "wiki.valid.tokens"))
     if spec.get("ids_out"):
         import torch
@@ -73,18 +73,18 @@ def run_here(spec: dict) -> dict:
             seqlen=512,
             seed=spec.get("seed", 0),
             device="cpu",
-            compute_dtype=spec.get("compute_dtype", "auto"),
+            compute_dtype=spec.get("compute_dtype", "float32"),
             **spec["prune"],
         )
         seconds = time.perf_counter() - started
-        sparsity = report.global_sparsity
+        sparsity, used = report.global_sparsity, report.compute_dtype
     whole = time.time() - spec["t0"] if "t0" in spec else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     ppl = llmsparse.perplexity(model, tok, spec.get("ppl_file", str(DATA / "wiki.test.raw")), seqlen=1024, windows=spec.get("windows", 8))
     load = os.getloadavg()[0]  # other work on the machine inflates "seconds"; this says how much there was
     return {
         "seconds": seconds, "whole_s": whole, "peak_rss_gib": peak, "ppl": ppl.ppl, "windows": ppl.windows,
-        "global_sparsity": sparsity, "model_dir": str(model.name_or_path), "load_average": load,
+        "global_sparsity": sparsity, "compute_dtype": used, "model_dir": str(model.name_or_path), "load_average": load,
     }
 
 

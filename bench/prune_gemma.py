@@ -41,7 +41,7 @@ def spec_for(row: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compute-dtype", default="auto", help="dtype of the calibration forwards (auto: float32 for this float32 model)")
+    parser.add_argument("--compute-dtype", help="dtype of the calibration forwards (default: float32, the core protocol; with --vs-peer: auto, llmsparse's default)")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512 tokens")
     parser.add_argument("--seed", type=int, default=0, help="calibration seed")
@@ -54,6 +54,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_here(json.loads(args.child))))
         return
+    args.compute_dtype = args.compute_dtype or ("auto" if args.vs_peer else "float32")
     if args.vs_peer:
         vs_peer(args)
         return
@@ -92,8 +93,8 @@ def vs_peer(args: argparse.Namespace) -> None:
     print(machine_header())
     print(f"Gemma 3 270M float32, calib {args.nsamples}x512 wiki.valid.tokens (seed {args.seed}, same ids for both), llmsparse compute dtype {args.compute_dtype}, "
           f"llm-compressor {version} (oneshot, float32); prune s = the pruning call, whole s = process start to pruned model")
-    print("| method    | pattern      | llmsparse prune s | whole s | peak RSS GiB | llm-compressor prune s | whole s | peak RSS GiB | whole-s ratio |")
-    print("|-----------|--------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|", flush=True)
+    print("| method    | pattern      | llmsparse forwards | llmsparse prune s | whole s | peak RSS GiB | llm-compressor prune s | whole s | peak RSS GiB | whole-s ratio |")
+    print("|-----------|--------------|--------------------|------------------:|--------:|-------------:|-----------------------:|--------:|-------------:|--------------:|", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.only or PEER_ROWS:  # each row printed when done: a stopped run keeps the finished rows
@@ -103,7 +104,7 @@ def vs_peer(args: argparse.Namespace) -> None:
             method, pattern = row.split(":", 1)
             peer = peer_run(args.peer_python, {"model": ours["model_dir"], "ids": ids, "method": method, "pattern": pattern, "t0": time.time()})
             rows.append({"row": row, "llmsparse": ours, "llm-compressor": peer, "load_average": [load, os.getloadavg()[0]]})
-            print(f"| {method:<9} | {pattern:<12} | {ours['seconds']:17.1f} | {ours['whole_s']:7.1f} | {ours['peak_rss_gib']:12.2f} | "
+            print(f"| {method:<9} | {pattern:<12} | {ours['compute_dtype']:<18} | {ours['seconds']:17.1f} | {ours['whole_s']:7.1f} | {ours['peak_rss_gib']:12.2f} | "
                   f"{peer['seconds']:22.1f} | {peer['whole_s']:7.1f} | {peer['peak_rss_gib']:12.2f} | {ours['whole_s'] / peer['whole_s']:12.2f}x |", flush=True)
             print(f"  {row}: sparsity of the decoder matrices llmsparse {ours['global_sparsity']:.4f}, llm-compressor {peer['global_sparsity']:.4f}; "
                   f"llmsparse ppl {ours['ppl']:.2f} ({ours['windows']} windows); load average {load:.1f} -> {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)

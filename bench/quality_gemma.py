@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--select", action="store_true", help="choose the recipes on the validation split")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--compute-dtype", default="auto")
+    parser.add_argument("--compute-dtype", default="float32", help="dtype of the calibration forwards (float32: the core protocol, the same on every machine)")
     parser.add_argument("--json", help="results file (default docs/quality_select.json or docs/quality_final.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.7, 0.5, 0.6, 0.8])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
-    parser.add_argument("--compute-dtype", default="auto")
+    parser.add_argument("--compute-dtype", default="float32", help="dtype of the calibration forwards (float32: the core protocol, the same on every machine)")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DOCS / "sweep_gemma.json", help="results file, read to resume and rewritten after every run")

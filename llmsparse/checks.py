@@ -31,10 +31,18 @@ def nonfinite(tensor: torch.Tensor) -> str | None:
     return f"{nan} NaN and {tensor.numel() - nan - int(torch.isfinite(tensor).sum())} inf values"
 
 
-def check_weights(model: nn.Module) -> None:
-    """Refuse a model with a non-finite parameter, naming the first one (before any weight changes)."""
+def check_weights(model: nn.Module, within: str = "") -> None:
+    """Refuse a model with a non-finite parameter, naming the first one (before any weight changes).
+
+    ``within``: check only parameters under this qualified name (the decoder layers, whose weights
+    make the masks; a NaN elsewhere either reaches the calibration statistics, which are checked too, or
+    does not affect any mask).
+    Reading a weight pages it in: skipping the 262k-row embedding of a memory-mapped Gemma 3
+    keeps ~0.6 GiB of it out of the resident set while pruning.
+    """
+    prefix = f"{within}." if within else ""
     for name, param in model.named_parameters():
-        bad = nonfinite(param.detach())
+        bad = nonfinite(param.detach()) if name.startswith(prefix) else None
         if bad:
             raise NonFiniteError(f"weight {name} has {bad}; llmsparse needs finite weights (is the checkpoint corrupt?)")
 

@@ -149,19 +149,21 @@ def cpu_isa() -> str:
 
 
 def compute_dtype(storage: torch.dtype, device: torch.device, asked: torch.dtype | None = None) -> torch.dtype:
-    """The dtype of calibration forwards: ``asked``, or (``None``, i.e. ``auto``) the fastest one that loses nothing.
+    """The dtype of calibration forwards: ``asked``, or (``None``, i.e. ``auto``) the fastest one the device runs natively.
 
-    ``auto`` keeps the model's own dtype where the device runs it natively and uses float32
-    otherwise: bf16 only where :func:`~llmsparse.native_bf16` (AVX-512 BF16 or AMX, or a CUDA
-    GPU with bf16), float16 only off CPU (CPU float16 matmuls are slow). It never lowers a float32
-    model's precision, so float32 results do not depend on the machine. An explicit bf16 on a device
-    that emulates it runs as asked, with a warning (once) about the expected ~3x slowdown.
+    ``auto`` is bf16 where :func:`~llmsparse.native_bf16` (AVX-512 BF16 or AMX, or a CUDA GPU with
+    bf16), float32 elsewhere; a float16 model keeps float16 off CPU (CPU float16 matmuls are slow).
+    bf16 forwards halve the bytes of every matmul operand and, on such a CPU, run about twice as
+    fast as float32; the statistics, masks and weight updates stay float32 either way. The resolved
+    dtype is recorded in the report (``compute_dtype``); ``float32`` gives the same result on every
+    machine. An explicit bf16 on a device that emulates it runs as asked, with a warning (once)
+    about the expected ~3x slowdown.
     """
     device = torch.device(device)
     if asked is not None:
         if asked == torch.bfloat16 and not native_bf16(device):
             warn_emulated_bf16(device.type)
         return asked
-    if storage == torch.bfloat16:
-        return storage if native_bf16(device) else torch.float32
-    return torch.float32 if device.type == "cpu" and storage == torch.float16 else storage
+    if storage == torch.float16 and device.type != "cpu":
+        return storage
+    return torch.bfloat16 if native_bf16(device) else torch.float32

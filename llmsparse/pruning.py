@@ -50,8 +50,8 @@ class PruneSettings(Settings):
     device: str | torch.device | None = device_setting()
     compute_dtype: str | torch.dtype | None = setting(
         "auto",
-        "dtype of the calibration forward passes: auto (the model's where the device runs it natively, else float32: "
-        "bf16 needs AVX-512 BF16/AMX or a bf16 GPU), float32, bfloat16 or float16; statistics and pruning math are float32 either way",
+        "dtype of the calibration forward passes: auto (bfloat16 where the device runs it natively: AVX-512 BF16/AMX or a bf16 GPU; "
+        "else float32), float32 (the same result on every machine), bfloat16 or float16; statistics and pruning math are float32 either way",
         recipe=False,
     )
     text_field: str = text_field_setting()
@@ -150,7 +150,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     ``'self'`` (text the model generates) or a ready ``[nsamples, seqlen]`` id tensor. Defaults
     (128 x 2048 tokens, seed 0) follow the papers. Every input is checked before any weight changes.
 
-    ``compute_dtype`` sets the dtype of the calibration forward passes (default ``auto``: the model's
+    ``compute_dtype`` sets the dtype of the calibration forward passes (default ``auto``: bf16
     where the device runs it natively, float32 otherwise; see :func:`llmsparse.cpu.compute_dtype`);
     statistics and pruning math are always float32 and the model keeps its own dtype.
 
@@ -165,7 +165,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     store = None
     if any(p.device.type == "meta" for p in model.parameters()):  # accelerate offload: each layer onloaded while pruned
         store = offload.Offloaded(model, resolve_device(s.device))
-    check_weights(model)  # a NaN/inf weight would give wrong masks without a word (offloaded ones: as they load)
+    check_weights(model, find_layers(model).layers_name)  # a NaN/inf weight would give wrong masks without a word (offloaded ones: as they load)
     return run_prune(model, tokenizer, s, store)
 
 
@@ -220,4 +220,5 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
         layer_budget=budget_info,
         seconds={"calibration_data": calibrated - started, "prune": finished - calibrated, "total": finished - started},
         peak_memory=peak_rss(),
+        compute_dtype=str(dtype).removeprefix("torch.") if needs else None,
     )

@@ -40,6 +40,7 @@ class PruneReport:
     storage: dict[str, Any] = field(default_factory=dict)  # compact saves: format, bytes_dense, bytes_compressed of the pruned matrices
     evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. {"perplexity": {"dense": ..., "sparse": ...}}
     peak_memory: int | None = None  # peak resident memory of the process (bytes) when pruning ended
+    compute_dtype: str | None = None  # the dtype the calibration forwards ran in (``auto`` resolved on this machine)
 
     @property
     def global_sparsity(self) -> float:
@@ -92,6 +93,8 @@ class PruneReport:
             mean = sum(m.error for m in errors) / len(errors)
             lines.append(f"relative reconstruction error: mean {mean:.4f}, max {worst.error:.4f} ({worst.name})")
         notes = sorted({k for m in self.matrices for k in m.notes})
+        if self.compute_dtype:
+            lines.append(f"calibration forwards in {self.compute_dtype}")
         if self.peak_memory is not None:
             lines.append(f"peak resident memory: {self.peak_memory / 2**30:.2f} GiB")
         lines.append("per-matrix table: sparsity_report.json, or --verbose" + (f" (notes: {', '.join(notes)})" if notes else ""))

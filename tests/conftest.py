@@ -138,3 +138,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def float32_forwards_by_default(request, monkeypatch):
+    """Tests see a CPU without native bf16, so ``compute_dtype='auto'`` is float32 and results do not depend on the
+    machine that runs them (test_cpu.py checks the detection and ``auto`` itself, with the real or a mocked CPU)."""
+    if request.module.__name__ != "test_cpu":
+        from llmsparse import cpu
+
+        monkeypatch.setattr(cpu, "native_bf16", lambda device: False)

@@ -66,9 +66,12 @@ def test_features_and_native_bf16(fresh, flags, probes, features, bf16):
 def test_auto_compute_dtype(fresh, native):
     fresh.setattr(cpu, "native_bf16", lambda device: native)
     cpu_ = torch.device("cpu")
-    assert cpu.compute_dtype(torch.bfloat16, cpu_) == (torch.bfloat16 if native else torch.float32)
-    assert cpu.compute_dtype(torch.float32, cpu_) == torch.float32  # never lowers a float32 model
-    assert cpu.compute_dtype(torch.float16, cpu_) == torch.float32
+    fast = torch.bfloat16 if native else torch.float32
+    assert cpu.compute_dtype(torch.bfloat16, cpu_) == fast
+    assert cpu.compute_dtype(torch.float32, cpu_) == fast  # bf16 forwards for a float32 model too, where they are native
+    assert cpu.compute_dtype(torch.float16, cpu_) == fast  # CPU float16 matmuls are slow
+    assert cpu.compute_dtype(torch.float32, cpu_, torch.float32) == torch.float32
+    assert cpu.compute_dtype(torch.float16, torch.device("cuda")) == torch.float16  # a GPU runs a float16 model as it is
     assert cpu.compute_dtype(torch.float32, cpu_, torch.bfloat16) == torch.bfloat16  # explicit wins
 
 
@@ -91,7 +94,7 @@ def test_native_bf16_does_not_warn(fresh, caplog, calib_ids):
 
 
 def pruned(compute_dtype: str, calib_ids) -> dict[str, torch.Tensor]:
-    model = tiny_model("gemma3", dtype=torch.bfloat16)
+    model = tiny_model("gemma3")
     llmsparse.prune(model, method="sparsegpt", sparsity=0.5, calib=calib_ids, device="cpu", compute_dtype=compute_dtype)
     return {k: v for k, v in model.state_dict().items() if k.endswith("proj.weight")}
 
@@ -104,6 +107,16 @@ def test_auto_results_equal_the_explicit_dtype(fresh, calib_ids, native, same_as
     for name, w in auto.items():
         assert torch.equal(w, explicit[name]), name
     assert any(not torch.equal(w, other[name]) for name, w in auto.items())  # the dtype matters, so the test can fail
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_the_report_says_which_dtype_auto_chose(fresh, calib_ids, native):
+    fresh.setattr(cpu, "native_bf16", lambda device: native)
+    report = llmsparse.prune(tiny_model("llama"), method="wanda", sparsity=0.5, calib=calib_ids, device="cpu")
+    name = "bfloat16" if native else "float32"
+    assert report.compute_dtype == name and f"calibration forwards in {name}" in report.summary()
+    assert report.to_dict()["compute_dtype"] == name
+    assert llmsparse.prune(tiny_model("llama"), method="magnitude", sparsity=0.5).compute_dtype is None  # no forwards
 
 
 def test_env_command_prints_versions_and_cpu(fresh, capsys):
