@@ -174,7 +174,8 @@ def prune_once(sparsity: float, workdir: Path) -> Path:
 
     model, tok = llmsparse.load_model("gemma-3-270m")
     report = llmsparse.prune(
-        model, tok, method="wanda", sparsity=sparsity, calib=str(DATA / "wiki.valid.tokens"), nsamples=16, seqlen=512, device="cpu"
+        model, tok, method="wanda", sparsity=sparsity, calib=str(DATA / "wiki.valid.tokens"), nsamples=16, seqlen=512, device="cpu",
+        compute_dtype="float32",
     )
     return llmsparse.save_pruned(model, tok, out, report=report, format="bitmask", overwrite=True)
 
