@@ -14,6 +14,8 @@ wiki.test.raw at seqlen 1024 over 8 windows). One fresh process per group (a met
 
 int8 is per output channel, int4 has a scale per 128 inputs. "s" is the time to make the model from
 the dense one: the pruning call for ``none``/``gptq``, plus the RTN call or the bitsandbytes load.
+"bytes" and bits/w: ``pack-quantized`` for gptq/rtn rows; "bitmask bits/w" is our smallest form (the
+bit mask plus the kept weights' codes and scales; unquantized rows: float32 values), which the plot uses.
 "sparsity" is the fraction of the decoder matrices' weights that are exactly zero after quantization;
 "pruned kept 0" the fraction of the pruned weights still zero (must be 1). bits/weight counts every
 byte of those matrices (codes, masks, scales). The plot is bits per weight against ppl.
@@ -77,6 +79,11 @@ def saved_bytes(model, tok, report, fmt: str) -> int:
     return report.storage["bytes_compressed"]
 
 
+def sizes(model, tok, report) -> dict:
+    """Bytes of the quantized decoder matrices as ``pack-quantized`` (what stock tools load) and as our quantized ``bitmask``."""
+    return {"bytes": saved_bytes(model, tok, report, "pack-quantized"), "bytes_bitmask": saved_bytes(model, tok, report, "bitmask")}
+
+
 def bnb_bytes(model) -> int:
     """In-memory bytes of the bitsandbytes matrices: packed codes plus NF4 absmax (and its nesting) or int8 row scales."""
     total = 0
@@ -118,14 +125,13 @@ def run_here(spec: dict) -> list[dict]:
                 rep = llmsparse.prune(model, tok, **prune_args, **grid)
                 seconds = time.perf_counter() - started
                 rows.append({"quant": label, "via": "joint" if method == "sparsegpt" and GROUPS[group] else "gptq", "seconds": seconds,
-                             "bytes": saved_bytes(model, tok, rep, "pack-quantized"), **measure(model, tok, windows, pruned)})
+                             **sizes(model, tok, rep), **measure(model, tok, windows, pruned)})
             if "rtn" in kinds:
                 model, tok = llmsparse.load_model(base)
                 started = time.perf_counter()
                 rep = llmsparse.prune(model, tok, method="magnitude", sparsity=0.0, quantize_method="rtn", **grid)
                 seconds = base_s + time.perf_counter() - started
-                rows.append({"quant": label, "via": "rtn", "seconds": seconds,
-                             "bytes": saved_bytes(model, tok, rep, "pack-quantized"), **measure(model, tok, windows, pruned)})
+                rows.append({"quant": label, "via": "rtn", "seconds": seconds, **sizes(model, tok, rep), **measure(model, tok, windows, pruned)})
             if "bnb" in kinds:
                 started = time.perf_counter()
                 model, tok = llmsparse.load_model(base, load_in="4bit" if grid["quantize"] == "int4" else "8bit")
@@ -133,7 +139,8 @@ def run_here(spec: dict) -> list[dict]:
                 rows.append({"quant": label, "via": "bnb nf4" if grid["quantize"] == "int4" else "bnb int8", "seconds": seconds,
                              "bytes": bnb_bytes(model), **measure(model, tok, windows, pruned)})
             model = None
-    return [{"group": group, "dense_bytes": dense_bytes, **r, "bits_per_weight": 8 * r["bytes"] / r["weights"]} for r in rows]
+    return [{"group": group, "dense_bytes": dense_bytes, **r, "bits_per_weight": 8 * r["bytes"] / r["weights"],
+             "bitmask_bits_per_weight": 8 * r.get("bytes_bitmask", r["bytes"]) / r["weights"]} for r in rows]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -146,14 +153,14 @@ def plot(rows: list[dict], path: Path) -> None:
     markers = {"-": "o", "joint": "*", "gptq": "s", "rtn": "x", "bnb nf4": "^", "bnb int8": "v"}
     colors = dict(zip(GROUPS, ["black", "tab:red", "tab:orange", "tab:blue", "tab:cyan"]))
     for r in rows:
-        ax.scatter(r["bits_per_weight"], r["ppl"], marker=markers[r["via"]], color=colors[r["group"]], s=60)
+        ax.scatter(r["bitmask_bits_per_weight"], r["ppl"], marker=markers[r["via"]], color=colors[r["group"]], s=60)
     for group, color in colors.items():
         ax.scatter([], [], color=color, marker="o", label=group)
     for via, marker in markers.items():
         ax.scatter([], [], color="gray", marker=marker, label={"-": "unquantized"}.get(via, via))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("bits per weight of the decoder matrices (codes + masks + scales)")
+    ax.set_xlabel("bits per weight of the decoder matrices, smallest form (bitmask + codes + scales; bnb: in memory)")
     ax.set_ylabel("perplexity, wiki.test.raw (8 x 1024)")
     ax.set_title("Gemma 3 270M: sparsity x quantization (bench/quant_gemma.py)")
     ax.grid(True, which="both", alpha=0.3)
@@ -167,11 +174,11 @@ def table(rows: list[dict], windows: int) -> None:
     print(f"Gemma 3 270M, calib 32x512 wiki.valid.tokens (seed 0), ppl wiki.test.raw seqlen 1024 x {windows} windows; "
           "int8 per channel, int4 g128; bytes of the decoder matrices (float32 dense: "
           f"{rows[0]['dense_bytes']:,})")
-    print(f"| {'model':<13} | {'quant':<9} | {'via':<8} | {'ppl':>8} | {'s':>6} | {'sparsity':>8} | {'pruned kept 0':>13} | {'bytes':>11} | {'bits/w':>6} |")
-    print(f"|{'-' * 15}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 15}|{'-' * 13}|{'-' * 8}|")
+    print(f"| {'model':<13} | {'quant':<9} | {'via':<8} | {'ppl':>8} | {'s':>6} | {'sparsity':>8} | {'pruned kept 0':>13} | {'bytes':>11} | {'bits/w':>6} | {'bitmask bits/w':>14} |")
+    print(f"|{'-' * 15}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 15}|{'-' * 13}|{'-' * 8}|{'-' * 16}|")
     for r in rows:
         print(f"| {r['group']:<13} | {r['quant']:<9} | {r['via']:<8} | {r['ppl']:8.2f} | {r['seconds']:6.1f} | {r['sparsity']:8.4f} | "
-              f"{r['pruned_still_zero']:13.4%} | {r['bytes']:11,} | {r['bits_per_weight']:6.2f} |", flush=True)
+              f"{r['pruned_still_zero']:13.4%} | {r['bytes']:11,} | {r['bits_per_weight']:6.2f} | {r['bitmask_bits_per_weight']:14.2f} |", flush=True)
 
 
 def main() -> None:

@@ -80,7 +80,10 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         mask = scores < threshold
         ties = scores == threshold
         missing = k - mask.sum(-1, keepdim=True)
-        mask |= ties & (ties.cumsum(-1) <= missing)
+        if torch.equal(ties.sum(-1, keepdim=True), missing):  # the usual case: take every tie (no int64 cumsum)
+            mask |= ties
+        else:
+            mask |= ties & (ties.cumsum(-1) <= missing)
     return mask
 
 

@@ -28,6 +28,7 @@ from .checks import nonfinite
 from .errors import CheckpointError, ModelError, NonFiniteError, SettingsError
 from .export import compressible_weights, write_output
 from .layout import find_layers
+from .memory import return_freed_blocks
 from .models import DTYPES, parse_dtype
 from .outdir import claim, publish, staging
 from .pruning import PruneSettings, run_prune
@@ -258,6 +259,7 @@ def prune_checkpoint(
 
     directory = checkpoint_dir(source)
     weight_dtype = parse_dtype(dtype)
+    return_freed_blocks()  # peak memory independent of the number of layers
     fmt = formats.get_format(format)
     inputs = [directory, s.calib if isinstance(s.calib, (str, os.PathLike)) else None]
     with claim(output, overwrite, inputs) as out:

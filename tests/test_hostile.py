@@ -122,6 +122,21 @@ def test_a_nan_weight_stops_pruning_naming_the_tensor_before_any_change(method, 
     assert all(torch.equal(v.nan_to_num(), before[k].nan_to_num()) for k, v in model.state_dict().items())
 
 
+def test_a_nan_embedding_row_stops_pruning_only_where_calibration_reads_it(tokenizer, calib_ids):
+    """Only the decoder layers' weights are read by the weight check (a memory-mapped embedding stays on disk);
+    an embedding row the calibration tokens use poisons the statistics, which stop the run; an unused one cannot change a mask."""
+    used, unused = int(calib_ids[0, 0]), next(t for t in range(tiny_model("llama").config.vocab_size) if t not in set(calib_ids.flatten().tolist()))
+    for row, stops in ((used, True), (unused, False)):
+        model = tiny_model("llama")
+        model.model.embed_tokens.weight.data[row, 0] = float("nan")
+        if stops:
+            with pytest.raises(NonFiniteError, match=r"calibration statistics of model\.layers\.0\."):
+                llmsparse.prune(model, tokenizer, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu")
+        else:
+            report = llmsparse.prune(model, tokenizer, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu")
+            assert report.global_sparsity == pytest.approx(0.5, abs=0.01)
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "dsnot"])
 def test_non_finite_calibration_statistics_are_named_not_blamed_on_dampening(method, tokenizer, calib_ids):
     with pytest.raises(NonFiniteError, match=r"calibration statistics of model\.layers\.1\.mlp\.gate_proj .* inf"):

@@ -112,3 +112,12 @@ def test_stream_refuses_quantization_instead_of_writing_unquantized_weights(tmp_
     with pytest.raises(llmsparse.LlmsparseError, match="--stream does not quantize"):
         prune_checkpoint(source, tmp_path / "out", method="wanda", sparsity=0.5, quantize="int4", group_size=16, calib=calib_ids)
     assert not (tmp_path / "out").exists()
+
+
+def test_freed_blocks_go_back_to_the_kernel_on_glibc():
+    """``prune_checkpoint`` fixes glibc's mmap threshold, so a freed layer's tensors leave the resident set (flat peak over depth)."""
+    import platform
+
+    from llmsparse.memory import return_freed_blocks
+
+    assert return_freed_blocks() is (platform.libc_ver()[0] == "glibc")
