@@ -169,6 +169,16 @@ class ColumnQuantizer:
         return QuantState(self.grid, self.scale.cpu(), self.zero.cpu())
 
 
+#: Columns per sub-block in the column loops (GPTQ, SparseGPT): rank-1 updates stay inside one, a matrix product carries its errors on.
+SUB = 16
+
+
+def sub_block(columns: int, blocksize: int, m: int = 1, group: int | None = None) -> int:
+    """Sub-block width: ``SUB`` rounded to a multiple of ``m``; the whole block when quantization groups would start inside a sub-block."""
+    sub = max(m, SUB // m * m)
+    return blocksize if group is not None and group < columns and group % sub else sub
+
+
 def gptq(
     weight: torch.Tensor, U: torch.Tensor, grid: Grid, keep: torch.Tensor | None = None, blocksize: int = 128, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, QuantState]:
@@ -178,25 +188,32 @@ def gptq(
     lazy ``W[:, end:] -= Err @ U[block, end:]`` after it; with ``keep`` both updates are masked, so
     entries outside it stay exactly zero. Computes in float64 for a float64 ``weight``, else float32.
     Returns ``(dequantized weight, state)``; ``dtype`` is the storage dtype the scales are rounded to.
+    The loop runs on the transposed working copy (contiguous columns) with the in-block updates
+    split into sub-blocks (:func:`sub_block`), as SparseGPT's: the same updates in another order.
     """
-    W = weight.detach().clone().to(torch.promote_types(weight.dtype, torch.float32))
-    U = U.to(W.dtype)
-    M = None if keep is None else keep.to(W.dtype)
-    if M is not None:
-        W.mul_(M)
-    rows, columns = W.shape
-    quantizer = ColumnQuantizer(grid, rows, columns, W.device, dtype, W.dtype)
+    WT = weight.detach().t().contiguous().to(torch.promote_types(weight.dtype, torch.float32))
+    U = U.to(WT.dtype)
+    MT = None if keep is None else keep.t().to(WT.dtype)
+    if MT is not None:
+        WT.mul_(MT)
+    columns, rows = WT.shape
+    quantizer = ColumnQuantizer(grid, rows, columns, WT.device, dtype, WT.dtype)
+    sub = sub_block(columns, blocksize, group=quantizer.g)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
-        W1, U1 = W[:, i1:i2], U[i1:i2, i1:i2]
+        W1, U1 = WT[i1:i2], U[i1:i2, i1:i2]
         Q1, Err1 = torch.empty_like(W1), torch.empty_like(W1)
-        for i in range(i2 - i1):
-            q = quantizer.column(W, i1 + i)
-            err = (W1[:, i] - q) / U1[i, i]
-            update = torch.outer(err, U1[i, i:])
-            W1[:, i:].sub_(update * M[:, i1 + i : i2] if M is not None else update)
-            Q1[:, i], Err1[:, i] = q, err
+        for s in range(0, i2 - i1, sub):
+            e = min(s + sub, i2 - i1)
+            for i in range(s, e):
+                Q1[i] = quantizer.column(WT.t(), i1 + i)
+                err = torch.sub(W1[i], Q1[i], out=Err1[i]).div_(U1[i, i])
+                update = torch.outer(U1[i, i:e], err)
+                W1[i:e].sub_(update.mul_(MT[i1 + i : i1 + e]) if MT is not None else update)
+            if e < i2 - i1:
+                carried = U1[s:e, e:].t() @ Err1[s:e]
+                W1[e:].sub_(carried.mul_(MT[i1 + e : i2]) if MT is not None else carried)
         W1.copy_(Q1)
-        lazy = Err1 @ U[i1:i2, i2:]
-        W[:, i2:].sub_(lazy * M[:, i2:] if M is not None else lazy)
-    return W, quantizer.state()
+        lazy = U[i1:i2, i2:].t() @ Err1
+        WT[i2:].sub_(lazy.mul_(MT[i2:]) if MT is not None else lazy)
+    return WT.t().contiguous(), quantizer.state()
