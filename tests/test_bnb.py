@@ -34,6 +34,15 @@ print(json.dumps({"report": report, "kinds": kinds, "finite": bool(torch.isfinit
 """
 
 
+SWEEP = "import sys; from llmsparse.cli import main; sys.exit(main(sys.argv[1:]))"
+TEXT = ROOT.parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"
+
+
+def sweep_argv(model_dir: Path, out: Path, text: Path) -> list[str]:
+    return ["-q", "sweep", str(model_dir), "--methods", "magnitude", "--sparsities", "0.5", "--ppl", str(text),
+            "--ppl-seqlen", "32", "--ppl-windows", "2", "--load-in", "4bit", "--output", str(out)]
+
+
 def bitsandbytes_here() -> bool:
     return subprocess.run([sys.executable, "-c", "import bitsandbytes"], capture_output=True).returncode == 0
 
@@ -59,13 +68,31 @@ def test_pruned_weights_stay_zero_after_bitsandbytes_and_kept_ones_are_counted(b
     assert 0.0 <= report["kept_became_zero"] < 0.5
 
 
-def test_load_in_without_bitsandbytes_names_the_extra(model_dir, capsys):
+def test_sweep_evaluates_every_point_through_bitsandbytes(bnb_python, model_dir, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXT.read_text(encoding="utf-8").splitlines()[:60]) + "\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "sweep"
+    result = subprocess.run([bnb_python, "-c", SWEEP, *sweep_argv(model_dir, out, text)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    run = json.loads((out / "sweep.json").read_text())
+    assert run["spec"]["load_in"] == "4bit"
+    point, dense = run["points"]["magnitude|0.5"], run["dense"]
+    assert point["bitsandbytes"]["matrices"] == dense["bitsandbytes"]["matrices"] == 14
+    assert point["bitsandbytes"]["pruned_still_zero"] == 1.0 and point["bitsandbytes"]["pruned"] == point["bitsandbytes"]["kept"]
+    assert dense["bitsandbytes"]["kept_became_zero"] > 0  # NF4 rounds small weights to zero: the copy really was quantized
+    assert point["eval"]["ppl"]["ppl"] > 0 and dense["eval"]["ppl"]["ppl"] > 0
+
+
+def test_load_in_without_bitsandbytes_names_the_extra(model_dir, capsys, tmp_path):
     if bitsandbytes_here():
         pytest.skip("bitsandbytes is installed in this environment; the case without it cannot run here")
     with pytest.raises(ModelError, match=r'pip install "llmsparse\[bnb\]"'):
         llmsparse.load_model(model_dir, load_in="4bit")
     assert main(["generate", str(model_dir), "--prompt", "hi", "--load-in", "8bit"]) == 2
     assert 'pip install "llmsparse[bnb]"' in capsys.readouterr().err
+    assert main(sweep_argv(model_dir, tmp_path / "sweep", TEXT)) == 2  # before any pruning, nothing written
+    assert 'pip install "llmsparse[bnb]"' in capsys.readouterr().err and not (tmp_path / "sweep").exists()
 
 
 def test_load_in_refuses_a_compact_checkpoint_and_the_sparse_runtime(tokenizer, tmp_path, model_dir):

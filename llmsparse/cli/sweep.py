@@ -15,7 +15,7 @@ DESCRIPTION = "Prune MODEL with each method at each sparsity, evaluate every poi
 
 
 def add(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = {"runtime", "load_in"}  # no --runtime or --load-in: it prunes dense weights
+    seen: set[str] = {"runtime"}  # no --runtime: it prunes dense weights (--load-in quantizes each point's copy for evaluation)
     flags.add_model_flags(parser, seen)
     flags.add_settings(parser, SweepPoints, seen, "sweep points")
     flags.add_settings(parser, SweepSpec, seen, "calibration")

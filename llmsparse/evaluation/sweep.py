@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import bnb
 from ..budgets import BUDGETS
 from ..calibration import calib_setting, check_calib, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..errors import SettingsError, SweepDirError
@@ -48,6 +49,7 @@ class SweepSpec(Settings):
     layer_budget: str = setting("uniform", "how sparsity is spread over decoder layers: uniform or owl", choices=BUDGETS)
     method_options: dict[str, dict] = setting({}, "options per method name", cli=False)
     dtype: str = setting("auto", "weight dtype to load")
+    load_in: str | None = setting(None, "evaluate the dense model and every point after quantizing it with bitsandbytes: 4bit (NF4) or 8bit", choices=bnb.LOAD_IN)
     evaluation: EvalSettings = field(default_factory=EvalSettings, metadata={"cli": False})
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,8 +103,8 @@ def open_run(directory: Path, spec: SweepSpec) -> dict:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise SweepDirError(f"{path} is not a readable sweep record ({err}); use another --output") from err
         ours = json.loads(json.dumps(spec.to_dict()))
-        if stored != ours:
-            changed = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
+        changed = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))  # a key added since reads as None
+        if changed:
             raise SweepDirError(
                 f"{directory} holds another sweep (different {', '.join(changed)}); use another --output or the same settings"
             )
@@ -197,6 +199,14 @@ def plot(run: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def evaluated(model, tokenizer, label: str, spec: SweepSpec) -> dict:
+    """``{"eval": ...}`` of ``model`` (with ``spec.load_in``: of its bitsandbytes copy, plus ``"bitsandbytes"``: what that did to its zeros)."""
+    with bnb.quantized_copy(model, tokenizer, spec.load_in) as m:
+        row: ModelEval = evaluate_model(m, tokenizer, label, spec.evaluation)
+        report = getattr(m, bnb.REPORT_ATTR, None)
+    return {"eval": row.to_dict()} | ({"bitsandbytes": asdict(report)} if report is not None else {})
+
+
 def sweep(
     spec: SweepSpec,
     methods: list[str],
@@ -213,6 +223,8 @@ def sweep(
     if calibrated or spec.layer_budget == "owl":
         check_calib(spec.calib, f"method {calibrated[0]!r}" if calibrated else "the OWL layer budget")
     check_source(spec.model)
+    if spec.load_in:
+        bnb.require()
     if spec.evaluation.tasks:
         check_tasks(spec.evaluation.tasks, task_manager(spec.evaluation.include_path or None, spec.evaluation.tasks))
     directory = Path(output)
@@ -228,7 +240,7 @@ def sweep(
         model.to(device)
         dense_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if run["dense"] is None:
-            run["dense"] = {"eval": evaluate_model(model, tokenizer, "dense", spec.evaluation).to_dict()}
+            run["dense"] = evaluated(model, tokenizer, "dense", spec)
             _save(directory, run)
         for method, sparsity, pat in tqdm(todo, desc="sweep points"):
             model.load_state_dict(dense_state)
@@ -249,13 +261,9 @@ def sweep(
                 layer_budget=spec.layer_budget,
             )
             seconds = time.perf_counter() - started
-            row: ModelEval = evaluate_model(model.to(device), tokenizer, f"{method} {pat if pat != 'unstructured' else sparsity}", spec.evaluation)
+            label = f"{method} {pat if pat != 'unstructured' else sparsity}"
             run["points"][point_key(method, sparsity, pat)] = {
-                "method": method,
-                "sparsity": sparsity,
-                "pattern": pat,
-                "prune_seconds": seconds,
-                "eval": row.to_dict(),
+                "method": method, "sparsity": sparsity, "pattern": pat, "prune_seconds": seconds, **evaluated(model.to(device), tokenizer, label, spec),
             }
             _save(directory, run)
         del model, dense_state
