@@ -15,7 +15,10 @@ seqlen 1024) and the greedy text. f is the share of per-token weight bytes in th
 reads, and sparsity does not touch it), r the compressed/dense bytes of the pruned matrices, and
 1 / (1 - f (1 - r)) the memory-bound ceiling of the end-to-end gain.
 
+``widths``: the cost per kept value against the row length, one thread (where the row walk stops scaling).
+
     python bench/runtime_gemma.py matmul [--repeats 30]
+    python bench/runtime_gemma.py widths [--repeats 30]
     python bench/runtime_gemma.py e2e [--sparsities 0.5,0.7] [--windows 8]
 """
 
@@ -111,6 +114,22 @@ def matmul(repeats: int) -> None:
                     gc.collect()
             print()
     print(f"load average at the end {load_average()}")
+
+
+def widths(repeats: int) -> None:
+    """Cost per kept value against the row length (2048 rows, 50% bf16, one thread): where the row walk stops scaling."""
+    torch.set_num_threads(1)
+    print(machine_header())
+    print(f"load average {load_average()}; 1 thread; 2048 rows, 50% bf16 bitmask vs dense bf16, batch 1, median of {repeats}\n")
+    print("| inputs | sparse us | ns per kept value | dense us | ns per weight | speedup |")
+    print("|---|---|---|---|---|---|")
+    for cols in (2048, 4096, 6144, 8192, 11008, 16384):
+        w = torch.randn(2048, cols).bfloat16()
+        x = torch.randn(1, cols).bfloat16()
+        layer = sparse_layer(w, "50%")
+        m = median_times({"sparse": call(layer, x), "dense": call(F.linear, x, w)}, repeats)
+        kept = 2048 * cols / 2
+        print(f"| {cols} | {m['sparse'] * 1e6:.0f} | {m['sparse'] / kept * 1e9:.3f} | {m['dense'] * 1e6:.0f} | {m['dense'] / (2 * kept) * 1e9:.3f} | {m['dense'] / m['sparse']:.2f}x |", flush=True)
 
 
 def rss_bytes() -> int:
@@ -217,7 +236,7 @@ def e2e(sparsities: list[float], windows: int, tokens: int, workdir: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["matmul", "e2e", "child"])
+    parser.add_argument("part", choices=["matmul", "widths", "e2e", "child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--sparsities", default="0.5,0.7")
@@ -231,6 +250,8 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.spec))))
     elif args.part == "matmul":
         matmul(args.repeats)
+    elif args.part == "widths":
+        widths(args.repeats)
     else:
         e2e([float(s) for s in args.sparsities.split(",")], args.windows, args.tokens, Path(args.workdir))
 
