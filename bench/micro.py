@@ -28,14 +28,14 @@ def main():
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         x, w = torch.randn(512, 640, dtype=dtype), torch.randn(2048, 640, dtype=dtype)
-        t = seconds(lambda: F.linear(x, w), 50)
+        t = seconds(lambda x=x, w=w: F.linear(x, w), 50)
         rows.append((f"F.linear 512x640 @ 640x2048, {str(dtype)[6:]}", t, f"{2 * 512 * 640 * 2048 / t / 1e9:.0f} GFLOP/s"))
     for cols in (640, 2048):
         x = torch.randn(1, 512, cols)
         full = torch.zeros(cols, cols)
         blocked = Hessian(cols)
-        t_full = seconds(lambda: full.mul_(0.5).addmm_(x[0].t(), x[0], alpha=0.1))
-        t_block = seconds(lambda: blocked.update(x))
+        t_full = seconds(lambda x=x, full=full: full.mul_(0.5).addmm_(x[0].t(), x[0], alpha=0.1))
+        t_block = seconds(lambda x=x, blocked=blocked: blocked.update(x))
         rows.append((f"Hessian update {cols} cols: full addmm", t_full, ""))
         rows.append((f"Hessian update {cols} cols: block upper triangle", t_block, f"{1 - t_block / t_full:.0%} less"))
     flat = torch.rand(2048 * 128)
