@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import engine, formats
+from . import cpu, engine, formats
 from .checks import nonfinite
 from .errors import CheckpointError, ModelError, NonFiniteError, SettingsError
 from .export import compressible_weights, write_output
-from .layout import find_layers
+from .layout import find_layers, resolve_device
 from .memory import return_freed_blocks
 from .models import DTYPES, parse_dtype
 from .outdir import claim, publish, staging
@@ -230,12 +230,13 @@ def _tie_source(model: nn.Module, key: str) -> str:
     raise CheckpointError(f"the checkpoint has no tensor {key!r}")
 
 
-def fingerprint(directory: Path, dtype: torch.dtype | None, s: PruneSettings) -> dict:
-    """What must match for an interrupted run to be resumed: the model, its dtype and every pruning setting."""
+def fingerprint(directory: Path, dtype: torch.dtype | None, s: PruneSettings, forwards: torch.dtype | None = None) -> dict:
+    """What must match for an interrupted run to be resumed: the model, its dtype, every pruning setting and the
+    dtype ``compute_dtype`` resolved to (``auto`` depends on the machine: a resume elsewhere must not mix dtypes)."""
     args = {k: (v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else str(v)) for k, v in vars(s).items() if k not in ("resume", "stream")}
     if isinstance(s.calib, torch.Tensor):
         args["calib"] = "tensor"  # its values are checked by hash once read
-    return {"model": str(directory.resolve()), "dtype": str(dtype)} | args
+    return {"model": str(directory.resolve()), "dtype": str(dtype), "forwards": str(forwards)} | args
 
 
 @api(PruneSettings)
@@ -268,7 +269,8 @@ def prune_checkpoint(
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load a tokenizer from {str(directory)!r}: {err}") from err
-        store = Streamed(model, Checkpoint(directory), Partial(out, fingerprint(directory, weight_dtype, s), s.resume))
+        forwards = cpu.compute_dtype(next(model.parameters()).dtype, resolve_device(s.device), parse_dtype(s.compute_dtype))
+        store = Streamed(model, Checkpoint(directory), Partial(out, fingerprint(directory, weight_dtype, s, forwards), s.resume))
         report = run_prune(model, tokenizer, s, store)
         targets = compressible_weights(model, fmt, report) if fmt.compact else []
         store.write_outer()

@@ -162,3 +162,18 @@ def test_memory_guard_suggests_stream(tmp_path, tokenizer, capsys, monkeypatch):
     assert llmsparse.memory.weight_bytes(llmsparse.formats.shard_files(checkpoint), torch.bfloat16) * 2 == llmsparse.memory.weight_bytes(
         llmsparse.formats.shard_files(checkpoint)
     )
+
+
+def test_resume_refuses_a_machine_where_auto_picks_another_dtype(tmp_path, setup, monkeypatch):
+    """``compute_dtype='auto'`` resolves per machine: a resume must not finish in bf16 what began in float32."""
+    from llmsparse import cpu
+
+    checkpoint, ids = setup
+    out, settings = tmp_path / "out", SETTINGS | {"compute_dtype": "auto"}
+    with monkeypatch.context() as m:
+        crash_after(m, resume.Partial, "record", 2)
+        with pytest.raises(Crash):
+            prune_checkpoint(checkpoint, out, calib=ids, **settings)
+    monkeypatch.setattr(cpu, "native_bf16", lambda device: True)
+    with pytest.raises(ResumeError, match="forwards"):
+        prune_checkpoint(checkpoint, out, calib=ids, resume=True, **settings)
