@@ -52,9 +52,9 @@ def return_freed_blocks(threshold: int = 1 << 20) -> bool:
     """Make glibc's malloc give every freed block of ``threshold`` bytes or more back to the kernel at once.
 
     By default glibc raises this threshold (up to 32 MiB) each time a large block is freed, so the
-    next tensors below it come from the heap, whose freed space stays resident and fragments: a
-    streamed run grew by ~80 MB per decoder layer (bench/stream_gemma.py). A fixed threshold keeps a
-    layer-at-a-time run flat, at the cost of a page fault per fresh page. Process-wide; False where
+    next tensors below it come from the heap, whose freed space stays resident and fragments: the
+    peak of a streamed run grew with every decoder layer. A fixed threshold keeps a layer-at-a-time
+    run flat, at the cost of a page fault per fresh page. Process-wide; False where
     there is no glibc.
     """
     try:
