@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .errors import ResumeError
-from .tensorfile import read_header, read_tensors, save_file
+from .tensorfile import copy_tensor, read_header, read_tensors, save_file
 
 STATE_FILE = "state.json"
 
@@ -43,6 +43,11 @@ def _replace(path: Path, write) -> None:
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """``tensors`` as a safetensors file at ``path``, complete or not at all."""
     _replace(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def copy_tensor_file(source: Path, key: str, path: Path, name: str) -> None:
+    """Tensor ``key`` of the file ``source`` as the one tensor ``name`` of a safetensors file at ``path``, complete or not at all."""
+    _replace(path, lambda tmp: copy_tensor(source, key, tmp, name, metadata={"format": "pt"}))
 
 
 def ids_hash(ids: torch.Tensor | None) -> str | None:

@@ -34,9 +34,9 @@ from .outdir import claim, publish, staging
 from .pruning import PruneSettings, run_prune
 from .recipe import run_recipe
 from .report import PruneReport
-from .resume import Partial, save_tensors
+from .resume import Partial, copy_tensor_file, save_tensors
 from .settings import api
-from .tensorfile import nbytes, read_header, read_tensors
+from .tensorfile import TORCH, nbytes, read_header, read_tensors
 
 INDEX = "model.safetensors.index.json"
 
@@ -199,12 +199,19 @@ class Streamed(engine.Resident):
         self.partial.record(key, index, hidden, dense, result, last=index + 1 == len(self.layout.layers))
 
     def write_outer(self) -> None:
-        """The tensors outside the decoder layers, one shard each, copied from the checkpoint at the model's dtypes."""
+        """The tensors outside the decoder layers, one shard each, copied from the checkpoint at the model's dtypes.
+
+        A tensor already in its dtype is copied byte for byte in chunks (the embedding of a large vocabulary
+        never passes through memory whole); one that is cast is read, cast and written."""
         params = self.model.state_dict(keep_vars=True)
         for number, key in enumerate(self.outer_keys, start=1):
             source = key if key in self.checkpoint.files else _tie_source(self.model, key)
-            tensor = self.checkpoint.read([source])[source].to(params[key].dtype)
-            save_tensors({key: tensor}, self.partial.dir / self.shard_name(number))
+            path = self.checkpoint.files.get(source)
+            out = self.partial.dir / self.shard_name(number)
+            if path is not None and TORCH[self.checkpoint.headers[path][0][source]["dtype"]] == params[key].dtype:
+                copy_tensor_file(path, source, out, key)
+                continue
+            save_tensors({key: self.checkpoint.read([source])[source].to(params[key].dtype)}, out)
 
     def link_into(self, tmp: Path) -> None:
         """Every output shard into ``tmp`` (hard links: the partial directory stays whole until publishing) and the index."""

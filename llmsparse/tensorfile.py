@@ -55,6 +55,13 @@ def read_tensors(path: str | Path, keys: list[str], header: tuple[dict[str, Any]
     return out
 
 
+def _write_header(f, header: dict[str, Any]) -> None:
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+
+
 def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` as a safetensors file at ``path``, one tensor at a time."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
@@ -63,11 +70,29 @@ def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict
         size = t.numel() * t.element_size()
         header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
+        _write_header(f, header)
         for t in tensors.values():
             if t.numel():
                 f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def copy_tensor(source: str | Path, key: str, path: str | Path, name: str, metadata: dict[str, str] | None = None, chunk: int = 1 << 24) -> None:
+    """Write the tensor ``key`` of the file ``source`` as the one tensor ``name`` of a new file at ``path``.
+
+    The bytes are copied ``chunk`` at a time, so the tensor (a 262k-row embedding is 0.6 GiB in
+    float32) never passes through memory whole.
+    """
+    entries, start = read_header(source)
+    entry = entries[key]
+    size = nbytes(entry)
+    header = ({"__metadata__": metadata} if metadata else {}) | {name: {"dtype": entry["dtype"], "shape": entry["shape"], "data_offsets": [0, size]}}
+    with open(source, "rb", buffering=0) as src, open(path, "wb") as dst:
+        _write_header(dst, header)
+        src.seek(start + entry["data_offsets"][0])
+        while size:
+            block = src.read(min(chunk, size))
+            if not block:
+                raise OSError(f"{source}: {key} is truncated")
+            dst.write(block)
+            size -= len(block)

@@ -121,3 +121,21 @@ def test_freed_blocks_go_back_to_the_kernel_on_glibc():
     from llmsparse.memory import return_freed_blocks
 
     assert return_freed_blocks() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_copy_tensor_writes_the_same_tensor_in_chunks_and_refuses_a_truncated_source(tmp_path):
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file as reference_save
+
+    from llmsparse.tensorfile import copy_tensor
+
+    tensors = {"a": torch.randn(37, 5), "b": torch.arange(1000, dtype=torch.int32).reshape(10, 100), "c": torch.randn(3).bfloat16()}
+    reference_save(tensors, str(tmp_path / "src.safetensors"))
+    copy_tensor(tmp_path / "src.safetensors", "b", tmp_path / "one.safetensors", "renamed", metadata={"format": "pt"}, chunk=64)
+    assert list(load_file(str(tmp_path / "one.safetensors"))) == ["renamed"]
+    assert torch.equal(load_file(str(tmp_path / "one.safetensors"))["renamed"], tensors["b"])
+    data = (tmp_path / "src.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    last = max(tensors, key=lambda k: json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])[k]["data_offsets"][1])
+    with pytest.raises(OSError, match="truncated"):
+        copy_tensor(tmp_path / "cut.safetensors", last, tmp_path / "two.safetensors", last)
