@@ -10,6 +10,7 @@ tokens from the first 300 lines of wiki.valid.tokens). Writes docs/stream_bench.
 
     python bench/stream_gemma.py                      # depths 10 and 14 (2.3 GB and 3.0 GB float32)
     python bench/stream_gemma.py --depths 8 --no-gemma
+    python bench/stream_gemma.py --depths                 # Gemma 3 270M only
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def case(name: str, source: Path, nbytes: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=4, metavar=("MODE", "SOURCE", "OUTPUT", "CALIB"), help=argparse.SUPPRESS)
-    parser.add_argument("--depths", type=int, nargs="+", default=[10, 14])
+    parser.add_argument("--depths", type=int, nargs="*", default=[10, 14], help="synthetic depths (none: only Gemma)")
     parser.add_argument("--method", default="magnitude", choices=["magnitude", "wanda"])
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=5632)
@@ -172,7 +173,9 @@ def main() -> None:
 
             source = _gguf_to_safetensors(Path(_bundled_gemma_gguf()))
             rows.append(case("Gemma 3 270M", source, weight_bytes(shard_files(source)), work))
-    (ROOT / "docs" / "stream_bench.json").write_text(json.dumps({"settings": SETTINGS | {"calib": f"first {CALIB_LINES} lines of wiki.valid.tokens"}, "rows": rows}, indent=2) + "\n")
+    path = ROOT / "docs" / "stream_bench.json"  # rows of other models from earlier runs are kept
+    kept = [r for r in (json.loads(path.read_text())["rows"] if path.is_file() else []) if r["model"] not in {row["model"] for row in rows}]
+    path.write_text(json.dumps({"settings": SETTINGS | {"calib": f"first {CALIB_LINES} lines of wiki.valid.tokens"}, "rows": kept + rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
