@@ -193,8 +193,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_here(json.loads(args.child))))
         return
-    rows: list[dict] = []
-    for group in args.only or GROUPS:
+    groups = args.only or list(GROUPS)
+    earlier = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
+    rows: list[dict] = [r for r in earlier if r["group"] not in groups]  # other groups' rows from an earlier run are kept
+    for group in groups:
         rows += run_isolated(__file__, {"group": group, "windows": args.windows, "kinds": args.kinds})
         print(f"done {group}", file=sys.stderr, flush=True)
         if args.json:
