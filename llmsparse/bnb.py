@@ -9,9 +9,6 @@ quantization: ``pruned_still_zero`` (must be 1.0) and ``kept_became_zero``.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,19 +92,3 @@ def sparsity_after(model: nn.Module, shards: list[Path], load_in: str) -> BnbSpa
                 kept_zero += int((~zero & now_zero).sum())
     return BnbSparsity(load_in, matrices, pruned, pruned_zero / pruned if pruned else 1.0, kept, kept_zero / kept if kept else 0.0)
 
-
-@contextmanager
-def quantized_copy(model: nn.Module, tokenizer, load_in: str | None) -> Iterator[nn.Module]:
-    """``model`` itself, or (``load_in``) a bitsandbytes copy of it: saved to a temporary directory and loaded
-    back with ``load_in``, so it is exactly what a user gets from ``load_model(saved, load_in=...)``
-    (with its :class:`BnbSparsity` in ``REPORT_ATTR``). For evaluating in-memory models, e.g. sweep points."""
-    if not load_in:
-        yield model
-        return
-    from .models import load_model  # models imports this module
-
-    with tempfile.TemporaryDirectory(prefix="llmsparse-bnb-") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        quantized, _ = load_model(tmp, load_in=load_in)
-        yield quantized

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,11 +201,16 @@ def plot(run: dict, path: Path) -> None:
 
 
 def evaluated(model, tokenizer, label: str, spec: SweepSpec) -> dict:
-    """``{"eval": ...}`` of ``model`` (with ``spec.load_in``: of its bitsandbytes copy, plus ``"bitsandbytes"``: what that did to its zeros)."""
-    with bnb.quantized_copy(model, tokenizer, spec.load_in) as m:
-        row: ModelEval = evaluate_model(m, tokenizer, label, spec.evaluation)
-        report = getattr(m, bnb.REPORT_ATTR, None)
-    return {"eval": row.to_dict()} | ({"bitsandbytes": asdict(report)} if report is not None else {})
+    """``{"eval": ...}`` of ``model``; with ``spec.load_in``, of its bitsandbytes copy (saved to a temporary directory and
+    loaded back, so exactly what ``load_model(saved, load_in=...)`` gives), plus ``"bitsandbytes"``: what that did to its zeros."""
+    if not spec.load_in:
+        return {"eval": evaluate_model(model, tokenizer, label, spec.evaluation).to_dict()}
+    with tempfile.TemporaryDirectory(prefix="llmsparse-bnb-") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        quantized, _ = load_model(tmp, load_in=spec.load_in)
+        row: ModelEval = evaluate_model(quantized, tokenizer, label, spec.evaluation)
+    return {"eval": row.to_dict(), "bitsandbytes": asdict(getattr(quantized, bnb.REPORT_ATTR))}
 
 
 def sweep(
