@@ -17,11 +17,13 @@ the dense one: the pruning call for ``none``/``gptq``, plus the RTN call or the 
 "bytes" and bits/w: ``pack-quantized`` for gptq/rtn rows; "bitmask bits/w" is our smallest form (the
 bit mask plus the kept weights' codes and scales; unquantized rows: float32 values), which the plot uses.
 "sparsity" is the fraction of the decoder matrices' weights that are exactly zero after quantization;
-"pruned kept 0" the fraction of the pruned weights still zero (must be 1). bits/weight counts every
+"pruned kept 0" the fraction of the pruned weights still zero (must be 1; the joint mode chooses
+its own mask, which it keeps exactly zero by construction). bits/weight counts every
 byte of those matrices (codes, masks, scales). The plot is bits per weight against ppl.
 
     python bench/quant_gemma.py --json docs/quant_gemma.json --plot docs/quant_gemma.png
     python bench/quant_gemma.py --only sparsegpt-50%
+    python bench/quant_gemma.py --no-run --json docs/quant_gemma.json --plot docs/quant_gemma.png
 """
 
 from __future__ import annotations
@@ -177,8 +179,9 @@ def table(rows: list[dict], windows: int) -> None:
     print(f"| {'model':<13} | {'quant':<9} | {'via':<8} | {'ppl':>8} | {'s':>6} | {'sparsity':>8} | {'pruned kept 0':>13} | {'bytes':>11} | {'bits/w':>6} | {'bitmask bits/w':>14} |")
     print(f"|{'-' * 15}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 15}|{'-' * 13}|{'-' * 8}|{'-' * 16}|")
     for r in rows:
+        kept0 = "own mask" if r["via"] == "joint" else f"{r['pruned_still_zero']:.4%}"  # joint mode chooses its own mask
         print(f"| {r['group']:<13} | {r['quant']:<9} | {r['via']:<8} | {r['ppl']:8.2f} | {r['seconds']:6.1f} | {r['sparsity']:8.4f} | "
-              f"{r['pruned_still_zero']:13.4%} | {r['bytes']:11,} | {r['bits_per_weight']:6.2f} | {r['bitmask_bits_per_weight']:14.2f} |", flush=True)
+              f"{kept0:>13} | {r['bytes']:11,} | {r['bits_per_weight']:6.2f} | {r['bitmask_bits_per_weight']:14.2f} |", flush=True)
 
 
 def main() -> None:
@@ -188,10 +191,17 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["none", "gptq", "rtn", "bnb"], choices=["none", "gptq", "rtn", "bnb"])
     parser.add_argument("--json", help="also write the rows as JSON here (after each group)")
     parser.add_argument("--plot", help="write the bits-per-weight vs ppl plot here (PNG)")
+    parser.add_argument("--no-run", action="store_true", help="only print the table and draw the plot from --json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_here(json.loads(args.child))))
+        return
+    if args.no_run:
+        rows = json.loads(Path(args.json).read_text())
+        table(rows, args.windows)
+        if args.plot:
+            plot(rows, Path(args.plot))
         return
     groups = args.only or list(GROUPS)
     earlier = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
