@@ -17,8 +17,9 @@ the dense one: the pruning call for ``none``/``gptq``, plus the RTN call or the 
 "bytes" and bits/w: ``pack-quantized`` for gptq/rtn rows; "bitmask bits/w" is our smallest form (the
 bit mask plus the kept weights' codes and scales; unquantized rows: float32 values), which the plot uses.
 "sparsity" is the fraction of the decoder matrices' weights that are exactly zero after quantization;
-"pruned kept 0" the fraction of the pruned weights still zero (must be 1; the joint mode chooses
-its own mask, which it keeps exactly zero by construction). bits/weight counts every
+"pruned kept 0" the fraction of the pruned weights still zero after RTN or bitsandbytes (must be 1);
+joint and GPTQ rows are runs of their own (later layers calibrate on quantized outputs, so their
+masks differ slightly from the unquantized run's) that keep their own mask exactly zero by construction. bits/weight counts every
 byte of those matrices (codes, masks, scales). The plot is bits per weight against ppl.
 
     python bench/quant_gemma.py --json docs/quant_gemma.json --plot docs/quant_gemma.png
@@ -179,7 +180,7 @@ def table(rows: list[dict], windows: int) -> None:
     print(f"| {'model':<13} | {'quant':<9} | {'via':<8} | {'ppl':>8} | {'s':>6} | {'sparsity':>8} | {'pruned kept 0':>13} | {'bytes':>11} | {'bits/w':>6} | {'bitmask bits/w':>14} |")
     print(f"|{'-' * 15}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 15}|{'-' * 13}|{'-' * 8}|{'-' * 16}|")
     for r in rows:
-        kept0 = "own mask" if r["via"] == "joint" else f"{r['pruned_still_zero']:.4%}"  # joint mode chooses its own mask
+        kept0 = "own run" if r["via"] in ("joint", "gptq") else f"{r['pruned_still_zero']:.4%}"  # a run of its own, with its own mask
         print(f"| {r['group']:<13} | {r['quant']:<9} | {r['via']:<8} | {r['ppl']:8.2f} | {r['seconds']:6.1f} | {r['sparsity']:8.4f} | "
               f"{kept0:>13} | {r['bytes']:11,} | {r['bits_per_weight']:6.2f} | {r['bitmask_bits_per_weight']:14.2f} |", flush=True)
 
