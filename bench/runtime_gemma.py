@@ -28,7 +28,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -159,6 +158,7 @@ def child(spec: dict) -> dict:
     """One load of one checkpoint in this fresh process: memory, decode speed, perplexity, greedy text."""
     import llmsparse
     from llmsparse.activation.decode import timed_generate
+    from llmsparse.memory import peak_rss
 
     before = rss_bytes()
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def child(spec: dict) -> dict:
         "load_s": load_s,
         "rss_after_load": rss_bytes(),
         "rss_before_load": before,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": peak_rss(),  # VmHWM: ru_maxrss would keep the forking parent's mark (the pruning run's)
     }
     runs = [timed_generate(model, tok, PROMPT, spec["tokens"]) for _ in range(3)]
     result["tokens_per_s"] = statistics.median(r.tokens_per_s for r in runs)
