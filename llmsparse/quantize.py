@@ -173,10 +173,10 @@ class ColumnQuantizer:
 SUB = 16
 
 
-def sub_block(columns: int, blocksize: int, m: int = 1, group: int | None = None) -> int:
+def sub_block(columns: int, blocksize: int, group: int, m: int = 1) -> int:
     """Sub-block width: ``SUB`` rounded to a multiple of ``m``; the whole block when quantization groups would start inside a sub-block."""
     sub = max(m, SUB // m * m)
-    return blocksize if group is not None and group < columns and group % sub else sub
+    return blocksize if group < columns and group % sub else sub
 
 
 def gptq(
