@@ -29,12 +29,19 @@ from _gemma import machine_header, run_here, run_isolated, validation_split  # n
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"50": {"sparsity": 0.5}, "2of4": {"pattern": "2:4"}, "60": {"sparsity": 0.6}, "70": {"sparsity": 0.7}}
 RECIPES = ("50", "2of4", "70")  # the targets that get a recipes/best-<target>.yaml
-#: Candidates of the selection at each recipe target. The list is short because each run costs
-#: minutes on 2 cores: the two fixed-mask solvers after the two good cheap masks. SparseGPT runs at
-#: 50% only, as the time reference (its time hardly depends on the target: docs/BENCHMARKS.md).
+#: Candidates of the selection at each recipe target: the fixed-mask solvers after the good masks
+#: (SparseGPT's, Wanda's, RIA's), toward the pruned or the dense model's outputs, and ALPS. Each run
+#: costs minutes on 2 cores. SparseGPT runs at 50% only, as the time reference (its time hardly
+#: depends on the target: docs/BENCHMARKS.md).
+DENSE = {"reconstruct_target": "dense"}
 CANDIDATES = {
     "sparsegpt+pcg": {"method": "sparsegpt", "reconstruct": "pcg"},
     "wanda+admm": {"method": "wanda", "reconstruct": "admm"},
+    "sparsegpt+admm": {"method": "sparsegpt", "reconstruct": "admm"},
+    "ria+admm": {"method": "ria", "reconstruct": "admm"},
+    "wanda+admm (dense target)": {"method": "wanda", "reconstruct": "admm", **DENSE},
+    "sparsegpt+admm (dense target)": {"method": "sparsegpt", "reconstruct": "admm", **DENSE},
+    "alps": {"method": "alps"},
 }
 SPARSEGPT = {"method": "sparsegpt"}
 #: The final stage's rows besides the recipes: the SparseGPT reference at 50%, Wanda's mask + ADMM

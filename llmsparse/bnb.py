@@ -55,6 +55,25 @@ def dequantized(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def float_weight(module: nn.Module) -> torch.Tensor:
+    """A Linear's weight as floats: the parameter itself, or what a bitsandbytes Linear dequantizes to."""
+    if module.weight.is_floating_point():
+        return module.weight
+    weight = dequantized(module)
+    if weight is None:
+        raise ModelError(f"{type(module).__name__} stores a {module.weight.dtype} weight that llmsparse cannot read as floats")
+    return weight
+
+
+def quantized_in(config) -> str | None:
+    """``4bit``/``8bit`` when ``config`` says the model is quantized by bitsandbytes (loaded with ``load_in``, or saved so), else None."""
+    quant = getattr(config, "quantization_config", None)
+    quant = quant if isinstance(quant, dict) else quant.to_dict() if quant is not None else {}
+    if quant.get("quant_method") != "bitsandbytes":
+        return None
+    return "4bit" if quant.get("load_in_4bit") else "8bit"
+
+
 @dataclass
 class BnbSparsity:
     """Zeros before (the checkpoint's) and after bitsandbytes quantization, over the quantized matrices."""

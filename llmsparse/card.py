@@ -113,9 +113,11 @@ def model_card(
     activation=None,
     comparison: str | None = None,
     recipe_kind: str = "prune",
+    load_in: str | None = None,
 ) -> str:
     """The README.md of a saved model stored in format ``fmt``; ``activation`` is an
-    :class:`~llmsparse.activation.ActivationReport`, ``comparison`` a dense-vs-sparse Markdown table."""
+    :class:`~llmsparse.activation.ActivationReport`, ``comparison`` a dense-vs-sparse Markdown table,
+    ``load_in`` the bitsandbytes quantization (``4bit``/``8bit``) the model was loaded and saved with."""
     front: dict[str, Any] = {}
     base = hub_id(base_model)
     if base:
@@ -152,7 +154,14 @@ def model_card(
         )
         lines.append("")
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
-    lines += [f"Weights: {fmt.note}.", ""]
+    if load_in:
+        lines += [
+            f"Weights: stored quantized by bitsandbytes ({load_in}), as the run loaded them (`--load-in {load_in}`); "
+            'loading needs bitsandbytes (`pip install "llmsparse[bnb]"`).',
+            "",
+        ]
+    else:
+        lines += [f"Weights: {fmt.note}.", ""]
     if report is not None and report.storage:
         s = report.storage
         lines += [
@@ -173,7 +182,7 @@ def model_card(
         lines += [
             "## Recipe",
             "",
-            f"Repeat the run with `llmsparse {recipe_kind} BASE_MODEL --recipe recipe.yaml`:",
+            f"Repeat the run with `llmsparse {recipe_kind} BASE_MODEL --recipe recipe.yaml{f' --load-in {load_in}' if load_in else ''}`:",
             "",
             "```yaml",
             dump_recipe(recipe, recipe_kind).rstrip(),

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from . import formats
+from . import bnb, formats
 from .activation.io import save_activation_state
 from .card import model_card
 from .cpu import machine
+from .errors import SettingsError
 from .layout import target_weights
 from .outdir import METADATA_FILE, claim, publish, staging
 from .recipe import dump_recipe
@@ -41,6 +42,12 @@ def compressible_weights(model, fmt: formats.Format, report: PruneReport | None 
         fmt.check_module(name, modules[name])
     fmt.prepare(model, names)
     return [f"{n}.weight" for n in names]
+
+
+def check_bnb_format(fmt: formats.Format, load_in: str | None) -> None:
+    """A model quantized by bitsandbytes (``load_in``) is saved with its quantized weights, so only as ``dense``."""
+    if load_in and fmt.compact:
+        raise SettingsError(f"the model is quantized by bitsandbytes ({load_in}) and is saved as it is: --format {fmt.label} needs float weights; use --format dense")
 
 
 def versions() -> dict[str, str]:
@@ -86,6 +93,7 @@ def save_pruned(
     not hold the model's own source directory or any of ``inputs`` (calibration text, recipe...).
     """
     fmt = formats.get_format(format)
+    check_bnb_format(fmt, bnb.quantized_in(model.config))
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
     with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
@@ -126,5 +134,5 @@ def write_output(
     if comparison is not None:
         comparison.save(tmp)
     table = comparison.markdown() if comparison is not None else None
-    (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind), encoding="utf-8")
+    (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config)), encoding="utf-8")
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output

@@ -96,7 +96,8 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     remote code runs only when ``trust_remote_code=True``. The model is returned in eval mode on CPU.
     ``runtime='sparse'`` keeps pruned matrices compressed (:mod:`llmsparse.runtime`). ``load_in='4bit'|'8bit'``
     quantizes with bitsandbytes and, for a local checkpoint, records what that did to its zeros
-    (:class:`llmsparse.bnb.BnbSparsity` in ``model.llmsparse_bnb_sparsity``).
+    (:class:`llmsparse.bnb.BnbSparsity` in ``model.llmsparse_bnb_sparsity``); a checkpoint saved quantized
+    (``llmsparse sparsify --load-in``) loads quantized again, without ``load_in``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -119,6 +120,12 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
         raise ModelError(f"cannot load a model config from {source!r}: {err}") from err
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
+    saved_in = bnb.quantized_in(config)
+    if saved_in:  # saved quantized (llmsparse sparsify --load-in): transformers re-creates the bitsandbytes layers
+        bnb.require()
+        if s.load_in or s.runtime != "dense":
+            asked = f"load_in={s.load_in!r}" if s.load_in else f"runtime={s.runtime!r}"
+            raise ModelError(f"{source}: the weights are stored quantized by bitsandbytes ({saved_in}); load it without {asked}")
     try:
         block = formats.sparsity_config(getattr(config, "quantization_config", None), source)
         direct = False  # True: a compact checkpoint loaded straight into compressed layers

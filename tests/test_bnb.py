@@ -84,12 +84,59 @@ def test_sweep_evaluates_every_point_through_bitsandbytes(bnb_python, model_dir,
     assert point["eval"]["ppl"]["ppl"] > 0 and dense["eval"]["ppl"]["ppl"] > 0
 
 
+SPARSIFY = """
+import json, sys
+import torch
+import llmsparse
+from llmsparse.activation import sites_of
+from llmsparse.bnb import dequantized
+model, tok = llmsparse.load_model(sys.argv[1], load_in="4bit")
+report = llmsparse.sparsify_activations(model, tok, method="wina", sparsity=0.5)
+q = model.model.layers[0].self_attn.q_proj
+norms_ok = torch.equal(sites_of(model)["model.layers.0.self_attn.q_proj"].scale, dequantized(q).float().norm(dim=0).cpu())
+ids = torch.arange(16).unsqueeze(0)
+saved = llmsparse.save_pruned(model, tok, sys.argv[2], activation=report)
+again, _ = llmsparse.load_model(saved)
+with torch.no_grad():  # after the save: bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward and back when saving
+    before, after = model(ids).logits, again(ids).logits
+print(json.dumps({"kind": type(again.model.layers[0].mlp.up_proj).__name__, "sites": len(sites_of(again)), "norms_ok": norms_ok,
+                  "same": bool(torch.equal(before, after)), "sparse": int(report.layers[0]["q"] * 100)}))
+"""
+
+
+def test_sparsify_through_bitsandbytes_saves_the_quantized_model_with_its_thresholds(bnb_python, model_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([bnb_python, "-c", SPARSIFY, str(model_dir), str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    # WINA's column norms come from the weights the quantized layers compute with; the reload is the same model
+    assert found == {"kind": "Linear4bit", "sites": 14, "norms_ok": True, "same": True, "sparse": 50}
+    out = tmp_path / "cli"
+    argv = ["-q", "sparsify", str(model_dir), "--method", "teal", "--sparsity", "0.4", "--load-in", "4bit", "--calib", str(TEXT),
+            "--nsamples", "2", "--seqlen", "32", "--output", str(out)]
+    result = subprocess.run([bnb_python, "-c", SWEEP, *argv], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "pruned weights still zero" in result.stdout  # what NF4 did to the zeros, printed at load
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["load_in_4bit"] is True
+    assert "--load-in 4bit" in (out / "README.md").read_text() and (out / "activation_sparsity.safetensors").is_file()
+
+
+def test_sparsify_load_in_refuses_a_compact_format_before_loading(model_dir, capsys, tmp_path):
+    argv = ["sparsify", str(model_dir), "--method", "teal", "--sparsity", "0.5", "--load-in", "4bit", "--calib", str(TEXT),
+            "--output", str(tmp_path / "out"), "--format", "bitmask"]
+    assert main(argv) == 2
+    assert "--format dense" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_load_in_without_bitsandbytes_names_the_extra(model_dir, capsys, tmp_path):
     if bitsandbytes_here():
         pytest.skip("bitsandbytes is installed in this environment; the case without it cannot run here")
     with pytest.raises(ModelError, match=r'pip install "llmsparse\[bnb\]"'):
         llmsparse.load_model(model_dir, load_in="4bit")
     assert main(["generate", str(model_dir), "--prompt", "hi", "--load-in", "8bit"]) == 2
+    assert 'pip install "llmsparse[bnb]"' in capsys.readouterr().err
+    sparsify = ["sparsify", str(model_dir), "--method", "teal", "--sparsity", "0.5", "--load-in", "4bit", "--calib", str(TEXT), "--output", str(tmp_path / "act")]
+    assert main(sparsify) == 2 and not (tmp_path / "act").exists()
     assert 'pip install "llmsparse[bnb]"' in capsys.readouterr().err
     assert main(sweep_argv(model_dir, tmp_path / "sweep", TEXT)) == 2  # before any pruning, nothing written
     assert 'pip install "llmsparse[bnb]"' in capsys.readouterr().err and not (tmp_path / "sweep").exists()

@@ -200,7 +200,7 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
     ``kernel``: ``cpp`` (the compiled extension), ``torch`` (``F.embedding_bag``, no compiler
     needed) or ``auto`` (cpp where it builds, else torch with a warning). Both compute the same
     result up to float summation order. Call it after moving the model to its device. Returns the
-    number of Linears switched.
+    number of Linears switched (quantized bitsandbytes Linears keep their own matmul).
     """
     check_choice("kernel", kernel, ("auto", "cpp", "torch"))
     if kernel == "auto":
@@ -214,7 +214,7 @@ def enable_sparse_decode(model: nn.Module, kernel: str = "auto") -> int:
         if isinstance(module, SparseLinear):
             module.use_input_major(True)
             count += 1
-        elif isinstance(module, nn.Linear) and site.wt is None:
+        elif isinstance(module, nn.Linear) and site.wt is None and module.weight.is_floating_point():  # not bitsandbytes
             site.wt = module.weight.data.t().contiguous()
             module.weight.data = site.wt.t()
             site.kernel = kernel

@@ -15,7 +15,7 @@ DESCRIPTION = "Calibrate activation thresholds and save them with the model."
 
 
 def add(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = {"runtime", "load_in"}  # no --runtime or --load-in: calibration reads dense weights (and saves them)
+    seen: set[str] = {"runtime"}  # no --runtime: the output stores the weights as loaded (--load-in: quantized by bitsandbytes)
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with sparsify_activations() arguments; flags given on the command line override it")
     flags.add_settings(parser, SparsifySettings, seen, "activation sparsity")

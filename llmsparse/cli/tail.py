@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import SettingsError
 from ..evaluation.ppl import perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting
-from ..export import save_pruned
+from ..export import check_bnb_format, save_pruned
 from ..formats import FORMATS, get_format
 from ..hub import push
 from ..layout import resolve_device
@@ -70,6 +70,7 @@ def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quant
         values.setdefault("format", QUANTIZED_FORMAT)
     out = OutputSettings(**values)
     fmt = get_format(out.format)
+    check_bnb_format(fmt, getattr(args, "load_in", None))
     if fmt.quantized and quantize == "none":
         raise SettingsError(f"--format {out.format} stores quantized weights: add --quantize int4 or int8")
     if pattern is not None:

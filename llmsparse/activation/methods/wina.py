@@ -3,7 +3,8 @@
 Each projection scores its input with its *own* column norms, so q/k/v (and gate/up) get separate
 masks; the reference applies the norm only on k_proj and gate_proj inputs. ``topk`` keeps the
 ``D - round(s * D)`` best entries of every token (the paper's mode, no calibration needed with
-uniform allocation); ``threshold`` calibrates a score threshold per projection instead.
+uniform allocation); ``threshold`` calibrates a score threshold per projection instead. A
+bitsandbytes Linear's norms are those of the weight it computes with (dequantized).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...bnb import float_weight
 from ...errors import check_choice
 from ...masks import pruned_count
 from ..base import ActivationMethod, Captured, check_sparsity, quantile_threshold, register
@@ -49,7 +51,7 @@ class WINA(ActivationMethod):
         return self.config.mode == "threshold" or allocation == "greedy"
 
     def prepare(self, block: Block, captured: Captured | None) -> dict:
-        norms = {role: column_norms(m.weight) for role, m in block.linears.items()}
+        norms = {role: column_norms(float_weight(m)) for role, m in block.linears.items()}
         scores = {}
         if self.config.mode == "threshold":
             for role, x in captured.inputs.items():
