@@ -85,6 +85,26 @@ def test_rows_cols_and_decompress_equal_the_masked_dense_matmul(ext, isa, dtype,
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, cols", SHAPES)
+def test_blocked_matmul_equals_the_masked_dense_matmul_in_the_values_dtype(ext, isa, dtype, rows, cols):
+    """The long-input path: blocks of any size (one row, a remainder, more than the matrix) give the GEMM's result."""
+    fmt = get_format("bitmask")
+    for sparsity in (0.0, 0.5, 1.0):
+        w = sparse_matrix(rows, cols, dtype, sparsity)
+        values, bits, offsets = layout_args(fmt.compress(w, "w"), fmt)
+        x = torch.randn(2, 11, cols)
+        bias = torch.randn(rows)
+        expected = reference(x.to(dtype).view(-1, cols), w, bias).view(2, 11, rows)  # the GEMM runs in the values' dtype
+        for block in (1, 2, 7, rows + 5):
+            got = ext.blocked_matmul(x, values, bits, offsets, cols, bias, block, kernel.ISAS.index(isa))
+            assert got.shape == (2, 11, rows) and got.dtype == x.dtype
+            loose = 1e-5 if dtype == torch.float32 else 1e-2  # one rounding of each output to 16 bits
+            scale = float(expected.abs().max()) + 1
+            torch.testing.assert_close(got, expected, atol=tolerance(dtype, x, w) + loose * scale, rtol=loose)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_nm_layout_without_row_offsets(ext, isa, dtype):
     fmt = get_format("2:4")
     w = torch.randn(24, 40).to(dtype)
@@ -102,7 +122,8 @@ def test_nm_layout_without_row_offsets(ext, isa, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("module", ["linear", "conv1d"])
 def test_sparse_linear_decode_prefill_and_torch_paths(dtype, module, monkeypatch):
-    """Up to DECODE_TOKENS tokens the kernels run, longer inputs decompress and multiply; without the extension torch ops do both."""
+    """Up to DECODE_TOKENS tokens the kernels walk the rows, longer inputs decompress blocks of rows (output-major) or the
+    whole matrix (input-major) and multiply; without the extension torch ops do both."""
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(0)

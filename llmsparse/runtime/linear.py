@@ -19,9 +19,12 @@ from . import kernel
 
 #: Calls with at most this many tokens walk the compressed matrix (decoding, small batches): each
 #: decoded group of columns is reused by up to four tokens. Longer inputs (prompts, perplexity
-#: windows) decompress the matrix into a shared buffer and run one dense GEMM, whose cost then
-#: dominates the decompression.
+#: windows) decompress a block of rows at a time into a buffer that stays in cache and run a dense
+#: GEMM on it (the C++ ``blocked_matmul``), so the dense matrix never goes to memory.
 DECODE_TOKENS = 8
+#: Bytes of one decompressed block of rows in the long-input path: small enough to stay in the
+#: last-level cache, large enough that each GEMM call has work to do.
+BLOCK_BYTES = 1 << 20
 
 _NO_OFFSETS = torch.empty(0, dtype=torch.int64)
 _scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -55,8 +58,10 @@ class SparseLinear(nn.Linear):
       dot product; one stored input-major (``[in, out]``: GPT-2's ``Conv1D``, or after
       :meth:`use_input_major`) adds ``x_i`` times row ``i`` for the inputs that are not zero, so
       zeroed activations (activation sparsity) skip their rows entirely;
-    * otherwise (long inputs, another device, no compiler): the matrix is decompressed into a buffer
-      shared by all SparseLinears and multiplied with ``F.linear``.
+    * longer inputs, output-major, no autograd: a block of rows at a time is decompressed into a
+      buffer that stays in cache and multiplied by a dense GEMM (:data:`BLOCK_BYTES` per block);
+    * otherwise (input-major long inputs, autograd, another device, no compiler): the matrix is
+      decompressed into a buffer shared by all SparseLinears and multiplied with ``F.linear``.
 
     It is an ``nn.Linear`` (``in_features``, ``out_features``, ``bias``), so code that looks for
     Linear layers finds it. ``weight`` is a property that decompresses the matrix on each access
@@ -138,12 +143,15 @@ class SparseLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if tokens <= DECODE_TOKENS and x.device.type == "cpu" and kernel.available():
-            layout = self.layout()
+        if x.device.type == "cpu" and kernel.available():
+            layout, ext, isa = self.layout(), kernel.load(), kernel.ISAS.index(kernel.cpu_isa())
             offsets = layout.row_offsets if layout.row_offsets is not None else _NO_OFFSETS
-            ext = kernel.load()
-            matmul = ext.cols_matmul if self.input_major else ext.rows_matmul
-            return matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, kernel.ISAS.index(kernel.cpu_isa()))
+            if tokens <= DECODE_TOKENS:
+                matmul = ext.cols_matmul if self.input_major else ext.rows_matmul
+                return matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, isa)
+            if not self.input_major and not torch.is_grad_enabled():
+                block = max(16, BLOCK_BYTES // max(1, layout.cols * layout.values.element_size()))
+                return ext.blocked_matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, block, isa)
         dense = self.stored_dense(reuse=not torch.is_grad_enabled())  # a saved-for-backward weight must not be overwritten
         bias = self.bias.to(dense.dtype) if self.bias is not None else None
         return F.linear(x.to(dense.dtype), dense.t() if self.input_major else dense, bias).to(x.dtype)

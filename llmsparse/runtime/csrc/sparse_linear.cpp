@@ -11,12 +11,13 @@
 // The work per matrix is one pass over the mask and the kept values, so at batch 1 the kernels read
 // (1 - sparsity) x value bytes + 1/8 byte per weight instead of the dense bytes.
 //
-// The SIMD row routines live in sparse_simd.cpp. Three entry points, each taking the ISA the caller
+// The SIMD row routines live in sparse_simd.cpp. Four entry points, each taking the ISA the caller
 // chose (llmsparse.runtime.kernel.cpu_isa) and refusing one the CPU lacks:
 //   rows_matmul  output-major walk (stored [out, in]): each output is one row's masked dot product;
 //   cols_matmul  input-major walk (stored [in, out]): y += x_i * row_i for the inputs that are not
 //                zero in any token, so zeroed activations skip their rows entirely;
-//   decompress   the dense matrix into a caller-owned buffer (long prompts: decompress + GEMM).
+//   blocked_matmul  output-major, many tokens: a few rows at a time decompressed into a cached buffer + GEMM;
+//   decompress   the dense matrix into a caller-owned buffer (input-major prompts: decompress + GEMM).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -233,34 +234,65 @@ torch::Tensor cols_matmul(torch::Tensor x, torch::Tensor values, torch::Tensor m
   return finish(out, x, bias);
 }
 
+namespace {
+
+// Rows [r0, r1) of the dense matrix, row r written at dst + (r - r0) * cols elements (the values' dtype).
+void decompress_rows(Isa use, const Matrix& w, int64_t r0, int64_t r1, uint8_t* dst) {
+  const int64_t size = elem_size(w.kind), row_bytes = w.cols * size;
+  at::parallel_for(r0, r1, grain(w.nb), [&](int64_t a, int64_t b) {
+    std::vector<uint8_t> pad;
+    for (int64_t r = a; r < b; ++r) {
+      uint8_t* row = dst + (r - r0) * row_bytes;
+      if (use != kScalar) {
+        const auto* v = static_cast<const uint8_t*>(row_values(w, r, pad));
+        llmsparse::simd_row_decompress(use, w.mask + r * w.nb, w.nb, w.cols, v, w.kind, row);
+        continue;
+      }
+      std::memset(row, 0, row_bytes);
+      int64_t k = w.start(r);
+      const uint8_t* m = w.mask + r * w.nb;
+      const uint8_t* src = static_cast<const uint8_t*>(w.values);
+      for (int64_t c = 0; c < w.cols; ++c)
+        if (m[c / 8] >> (c % 8) & 1) std::memcpy(row + c * size, src + (k++) * size, size);
+    }
+  });
+}
+
+}  // namespace
+
 // The dense [rows, cols] matrix, written into `out` (same dtype as the values, contiguous).
 void decompress(torch::Tensor values, torch::Tensor mask, torch::Tensor row_offsets, torch::Tensor out, int64_t isa) {
   const Isa use = checked_isa(isa);
   const Matrix w = matrix(values, mask, row_offsets, out.size(1));
   TORCH_CHECK(out.is_contiguous() && out.scalar_type() == values.scalar_type() && out.size(0) == w.rows, "sparse_linear: out must be a contiguous [rows, cols] tensor of the values' dtype");
-  uint8_t* op = static_cast<uint8_t*>(out.data_ptr());
-  const int64_t size = elem_size(w.kind), row_bytes = w.cols * size;
-  at::parallel_for(0, w.rows, grain(w.nb), [&](int64_t r0, int64_t r1) {
-    std::vector<uint8_t> pad;
-    for (int64_t r = r0; r < r1; ++r) {
-      uint8_t* dst = op + r * row_bytes;
-      if (use != kScalar) {
-        const auto* v = static_cast<const uint8_t*>(row_values(w, r, pad));
-        llmsparse::simd_row_decompress(use, w.mask + r * w.nb, w.nb, w.cols, v, w.kind, dst);
-        continue;
-      }
-      std::memset(dst, 0, row_bytes);
-      int64_t k = w.start(r);
-      const uint8_t* m = w.mask + r * w.nb;
-      const uint8_t* src = static_cast<const uint8_t*>(w.values);
-      for (int64_t c = 0; c < w.cols; ++c)
-        if (m[c / 8] >> (c % 8) & 1) std::memcpy(dst + c * size, src + (k++) * size, size);
-    }
-  });
+  decompress_rows(use, w, 0, w.rows, static_cast<uint8_t*>(out.data_ptr()));
+}
+
+// y = x W^T for W stored output-major, for inputs with many tokens: `block` rows at a time are
+// decompressed into a small buffer that stays in cache and multiplied there by a dense GEMM in the
+// values' dtype, so the dense matrix is never written to memory and read back (what a whole-matrix
+// decompress + GEMM costs twice over). Bias is added in fp32; the result has x's dtype.
+torch::Tensor blocked_matmul(torch::Tensor x, torch::Tensor values, torch::Tensor mask, torch::Tensor row_offsets, int64_t cols,
+                             c10::optional<torch::Tensor> bias, int64_t block, int64_t isa) {
+  const Isa use = checked_isa(isa);
+  const Matrix w = matrix(values, mask, row_offsets, cols);
+  TORCH_CHECK(!x.is_cuda() && x.size(-1) == cols, "sparse_linear: x must be a CPU tensor [..., ", cols, "]");
+  TORCH_CHECK(block > 0, "sparse_linear: block must be positive");
+  const auto xd = x.reshape({-1, cols}).to(values.scalar_type()).contiguous();
+  auto yt = torch::empty({w.rows, xd.size(0)}, values.options());  // [out, tokens]: each block's rows are contiguous
+  auto buf = torch::empty({std::min(block, std::max<int64_t>(w.rows, 1)), cols}, values.options());
+  for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
+    const int64_t n = std::min(block, w.rows - r0);
+    decompress_rows(use, w, r0, r0 + n, static_cast<uint8_t*>(buf.data_ptr()));
+    auto rows = yt.narrow(0, r0, n);
+    at::mm_out(rows, buf.narrow(0, 0, n), xd.t());
+  }
+  return finish(yt.t().contiguous().to(torch::kFloat32), x, bias);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rows_matmul", &rows_matmul, "y = x W^T, W stored [out, in] as mask + kept values");
   m.def("cols_matmul", &cols_matmul, "y = x W^T, W stored [in, out] as mask + kept values; zero inputs are skipped");
   m.def("decompress", &decompress, "the dense matrix of a mask + kept values layout, into out");
+  m.def("blocked_matmul", &blocked_matmul, "y = x W^T, W stored [out, in], decompressed a block of rows at a time into a cached buffer for a dense GEMM");
 }
