@@ -24,6 +24,7 @@ byte of those matrices (codes, masks, scales). The plot is bits per weight again
 
     python bench/quant_gemma.py --json docs/quant_gemma.json --plot docs/quant_gemma.png
     python bench/quant_gemma.py --only sparsegpt-50%
+    python bench/quant_gemma.py --only sparsegpt-50% --grids "int4 g128 asym" --kinds gptq rtn --json docs/quant_gemma.json
     python bench/quant_gemma.py --no-run --json docs/quant_gemma.json --plot docs/quant_gemma.png
 """
 
@@ -46,7 +47,12 @@ GROUPS = {
     "wanda-50%": ("wanda", "unstructured"),
     "wanda-2:4": ("wanda", "2:4"),
 }
-GRIDS = {"int8": {"quantize": "int8", "group_size": -1}, "int4 g128": {"quantize": "int4", "group_size": 128}}
+GRIDS = {
+    "int8": {"quantize": "int8", "group_size": -1},
+    "int4 g128": {"quantize": "int4", "group_size": 128},
+    "int4 g128 asym": {"quantize": "int4", "group_size": 128, "symmetric": False},  # a zero point per group (--grids)
+}
+DEFAULT_GRIDS = ["int8", "int4 g128"]
 CALIB = {"calib": str(DATA / "wiki.valid.tokens"), "nsamples": 32, "seqlen": 512, "seed": 0, "device": "cpu", "compute_dtype": "float32"}
 
 
@@ -82,9 +88,11 @@ def saved_bytes(model, tok, report, fmt: str) -> int:
     return report.storage["bytes_compressed"]
 
 
-def sizes(model, tok, report) -> dict:
-    """Bytes of the quantized decoder matrices as ``pack-quantized`` (what stock tools load) and as our quantized ``bitmask``."""
-    return {"bytes": saved_bytes(model, tok, report, "pack-quantized"), "bytes_bitmask": saved_bytes(model, tok, report, "bitmask")}
+def sizes(model, tok, report, symmetric: bool = True) -> dict:
+    """Bytes of the quantized decoder matrices as ``pack-quantized`` (what stock tools load; symmetric grids only, else
+    ``bitmask`` again) and as our quantized ``bitmask``."""
+    bitmask = saved_bytes(model, tok, report, "bitmask")
+    return {"bytes": saved_bytes(model, tok, report, "pack-quantized") if symmetric else bitmask, "bytes_bitmask": bitmask}
 
 
 def bnb_bytes(model) -> int:
@@ -105,6 +113,7 @@ def run_here(spec: dict) -> list[dict]:
     import llmsparse
 
     group, windows, kinds = spec["group"], spec["windows"], spec["kinds"]
+    grids = {label: GRIDS[label] for label in spec.get("grids", DEFAULT_GRIDS)}
     method, pattern = GROUPS[group] or ("sparsegpt", "unstructured")
     prune_args = {"method": method, "pattern": pattern, "sparsity": 0.5 if GROUPS[group] else 0.0, **CALIB}
     rows = []
@@ -121,21 +130,22 @@ def run_here(spec: dict) -> list[dict]:
         base = Path(tmp) / "base"
         llmsparse.save_pruned(model, tok, base, report=report)
         del model
-        for label, grid in GRIDS.items():
+        for label, grid in grids.items():
             if "gptq" in kinds:
                 model, tok = llmsparse.load_model("gemma-3-270m")
                 started = time.perf_counter()
                 rep = llmsparse.prune(model, tok, **prune_args, **grid)
                 seconds = time.perf_counter() - started
                 rows.append({"quant": label, "via": "joint" if method == "sparsegpt" and GROUPS[group] else "gptq", "seconds": seconds,
-                             **sizes(model, tok, rep), **measure(model, tok, windows, pruned)})
+                             **sizes(model, tok, rep, grid.get("symmetric", True)), **measure(model, tok, windows, pruned)})
             if "rtn" in kinds:
                 model, tok = llmsparse.load_model(base)
                 started = time.perf_counter()
                 rep = llmsparse.prune(model, tok, method="magnitude", sparsity=0.0, quantize_method="rtn", **grid)
                 seconds = base_s + time.perf_counter() - started
-                rows.append({"quant": label, "via": "rtn", "seconds": seconds, **sizes(model, tok, rep), **measure(model, tok, windows, pruned)})
-            if "bnb" in kinds:
+                rows.append({"quant": label, "via": "rtn", "seconds": seconds, **sizes(model, tok, rep, grid.get("symmetric", True)),
+                             **measure(model, tok, windows, pruned)})
+            if "bnb" in kinds and grid.get("symmetric", True):
                 started = time.perf_counter()
                 model, tok = llmsparse.load_model(base, load_in="4bit" if grid["quantize"] == "int4" else "8bit")
                 seconds = base_s + time.perf_counter() - started
@@ -190,6 +200,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=list(GROUPS), help="run only these groups")
     parser.add_argument("--kinds", nargs="+", default=["none", "gptq", "rtn", "bnb"], choices=["none", "gptq", "rtn", "bnb"])
+    parser.add_argument("--grids", nargs="+", default=DEFAULT_GRIDS, choices=list(GRIDS), help="quantization grids (asym: bytes are bitmask, pack-quantized is symmetric only)")
     parser.add_argument("--json", help="also write the rows as JSON here (after each group)")
     parser.add_argument("--plot", help="write the bits-per-weight vs ppl plot here (PNG)")
     parser.add_argument("--no-run", action="store_true", help="only print the table and draw the plot from --json")
@@ -205,10 +216,12 @@ def main() -> None:
             plot(rows, Path(args.plot))
         return
     groups = args.only or list(GROUPS)
-    earlier = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
-    rows: list[dict] = [r for r in earlier if r["group"] not in groups]  # other groups' rows from an earlier run are kept
-    for group in groups:
-        rows += run_isolated(__file__, {"group": group, "windows": args.windows, "kinds": args.kinds})
+    rows: list[dict] = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
+    for group in groups:  # a new row replaces the earlier row of the same group, grid and way; the others are kept
+        new = run_isolated(__file__, {"group": group, "windows": args.windows, "kinds": args.kinds, "grids": args.grids})
+        keys = {(r["group"], r["quant"], r["via"]) for r in new}
+        rows = [r for r in rows if (r["group"], r["quant"], r["via"]) not in keys] + new
+        rows.sort(key=lambda r: list(GROUPS).index(r["group"]))  # stable: each group's rows stay in run order
         print(f"done {group}", file=sys.stderr, flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
