@@ -86,12 +86,12 @@ def median_times(calls: dict, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def matmul(repeats: int) -> None:
+def matmul(repeats: int, batches: list[int]) -> None:
     from llmsparse.runtime import cpu_isa
 
     print(machine_header())
     print(f"load average {load_average()}; {torch.get_num_threads()} threads; sparse kernels: {cpu_isa()}\n")
-    for title, shapes, tokens in (("Gemma 3 270M shapes", GEMMA, [1]), ("7B-class shapes", SEVEN_B, [1, 9, 128])):
+    for title, shapes, tokens in (("Gemma 3 270M shapes", GEMMA, [b for b in batches if b == 1]), ("7B-class shapes", SEVEN_B, batches)):
         for t in tokens:
             print(f"{title}, batch {t} (out x in; microseconds, median of {repeats}; speedup over the faster dense):\n")
             print("| shape | dense bf16 | dense fp32 | values | " + " | ".join(PATTERNS) + " |")
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("part", choices=["matmul", "widths", "e2e", "child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batches", default="1,9,128", help="matmul: tokens per call (the Gemma shapes run at batch 1 only)")
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
@@ -249,7 +250,7 @@ def main() -> None:
     if args.part == "child":
         print(json.dumps(child(json.loads(args.spec))))
     elif args.part == "matmul":
-        matmul(args.repeats)
+        matmul(args.repeats, [int(b) for b in args.batches.split(",")])
     elif args.part == "widths":
         widths(args.repeats)
     else:

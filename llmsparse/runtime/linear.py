@@ -24,7 +24,7 @@ from . import kernel
 DECODE_TOKENS = 8
 #: Bytes of one decompressed block of rows in the long-input path: small enough to stay in the
 #: last-level cache, large enough that each GEMM call has work to do.
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 4 << 20
 
 _NO_OFFSETS = torch.empty(0, dtype=torch.int64)
 _scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}

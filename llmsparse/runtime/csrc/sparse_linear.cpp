@@ -279,15 +279,14 @@ torch::Tensor blocked_matmul(torch::Tensor x, torch::Tensor values, torch::Tenso
   TORCH_CHECK(!x.is_cuda() && x.size(-1) == cols, "sparse_linear: x must be a CPU tensor [..., ", cols, "]");
   TORCH_CHECK(block > 0, "sparse_linear: block must be positive");
   const auto xd = x.reshape({-1, cols}).to(values.scalar_type()).contiguous();
-  auto yt = torch::empty({w.rows, xd.size(0)}, values.options());  // [out, tokens]: each block's rows are contiguous
+  auto y = torch::empty({xd.size(0), w.rows}, values.options().dtype(torch::kFloat32));
   auto buf = torch::empty({std::min(block, std::max<int64_t>(w.rows, 1)), cols}, values.options());
   for (int64_t r0 = 0; r0 < w.rows; r0 += block) {
     const int64_t n = std::min(block, w.rows - r0);
     decompress_rows(use, w, r0, r0 + n, static_cast<uint8_t*>(buf.data_ptr()));
-    auto rows = yt.narrow(0, r0, n);
-    at::mm_out(rows, buf.narrow(0, 0, n), xd.t());
+    y.narrow(1, r0, n).copy_(at::linear(xd, buf.narrow(0, 0, n)));  // x Wᵀ, the orientation F.linear's GEMM is fastest in
   }
-  return finish(yt.t().contiguous().to(torch::kFloat32), x, bias);
+  return finish(y, x, bias);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

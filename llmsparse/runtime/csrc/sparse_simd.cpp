@@ -3,7 +3,8 @@
 // A group of 8 (AVX2) or 16 (AVX-512) columns becomes a vector whose lanes with a set mask bit hold
 // the next popcount(m) kept values, in order, and zeros elsewhere: one pshufb from a 256-entry table
 // (AVX2, 16-bit values: bf16 straight into the high half of fp32 lanes, fp16 then vcvtph2ps),
-// vpermps + blend (AVX2, fp32), or an expand / expand-load (AVX-512F). Accumulation is fp32. Each
+// vpermps + blend (AVX2, fp32), or an expand / expand-load (AVX-512F; 16-bit values are decompressed with
+// AVX-512 VBMI2's 16-bit expand-load where the CPU has it). Accumulation is fp32. Each
 // function carries its own target attribute, so the file builds for any x86-64 CPU and the caller
 // picks what the CPU has; on other architectures only cpu_has(kScalar) is true.
 
@@ -17,6 +18,7 @@
 #include <immintrin.h>
 #define AVX2_FN __attribute__((target("avx2,fma,f16c,popcnt")))
 #define AVX512_FN __attribute__((target("avx512f,avx2,fma,f16c,popcnt")))
+#define VBMI2_FN __attribute__((target("avx512f,avx512bw,avx512vbmi2,popcnt")))
 #else
 #define LLMSPARSE_X86 0
 #endif
@@ -230,6 +232,29 @@ AVX512_FN void row_decompress_avx512(const uint8_t* m, int64_t nb, int64_t cols,
   }
 }
 
+// 16-bit values (bf16 / fp16) copied straight into place: one expand-load fills 32 columns (AVX-512 VBMI2), with no
+// conversion to fp32 and back. The mask's padding bits past `cols` are zero, so the counts stay right.
+VBMI2_FN void row_decompress16_vbmi2(const uint8_t* m, int64_t nb, int64_t cols, const uint8_t* v, uint8_t* out) {
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(v);
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out);
+  for (int64_t c = 0; c < cols; c += 32) {
+    const int64_t b0 = c / 8;
+    uint32_t bits = 0;
+    if (b0 + 4 <= nb) std::memcpy(&bits, m + b0, 4);
+    else
+      for (int64_t i = 0; b0 + i < nb; ++i) bits |= static_cast<uint32_t>(m[b0 + i]) << (8 * i);
+    const int64_t n = std::min<int64_t>(32, cols - c);
+    const __mmask32 keep = n == 32 ? 0xFFFFFFFFu : (1u << n) - 1;
+    _mm512_mask_storeu_epi16(dst + c, keep, _mm512_maskz_expandloadu_epi16(bits, src));
+    src += _mm_popcnt_u32(bits);
+  }
+}
+
+bool has_vbmi2() {
+  static const bool yes = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2");
+  return yes;
+}
+
 }  // namespace
 
 bool cpu_has(Isa isa) {
@@ -256,7 +281,8 @@ void simd_row_axpy(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* valu
 }
 
 void simd_row_decompress(Isa isa, const uint8_t* mask, int64_t nb, int64_t cols, const uint8_t* values, int kind, uint8_t* out) {
-  if (isa == kAvx512) row_decompress_avx512(mask, nb, cols, values, kind, out);
+  if (isa == kAvx512 && kind != 0 && has_vbmi2()) row_decompress16_vbmi2(mask, nb, cols, values, out);
+  else if (isa == kAvx512) row_decompress_avx512(mask, nb, cols, values, kind, out);
   else row_decompress_avx2(mask, nb, cols, values, kind, out);
 }
 
