@@ -22,8 +22,10 @@ from . import kernel
 #: windows) decompress a block of rows at a time into a buffer that stays in cache and run a dense
 #: GEMM on it (the C++ ``blocked_matmul``), so the dense matrix never goes to memory.
 DECODE_TOKENS = 8
-#: Bytes of one decompressed block of rows in the long-input path: small enough to stay in the
-#: last-level cache, large enough that each GEMM call has work to do.
+#: One decompressed block of rows in the long-input path: at least :data:`BLOCK_ROWS` rows (fewer made
+#: the GEMM of wide matrices run at half speed: 190 rows of 11008 inputs took 2x dense at 128 tokens, 512
+#: rows 1.2x) and at least :data:`BLOCK_BYTES`; either way it stays in the last-level cache.
+BLOCK_ROWS = 512
 BLOCK_BYTES = 4 << 20
 
 _NO_OFFSETS = torch.empty(0, dtype=torch.int64)
@@ -59,7 +61,7 @@ class SparseLinear(nn.Linear):
       :meth:`use_input_major`) adds ``x_i`` times row ``i`` for the inputs that are not zero, so
       zeroed activations (activation sparsity) skip their rows entirely;
     * longer inputs, output-major, no autograd: a block of rows at a time is decompressed into a
-      buffer that stays in cache and multiplied by a dense GEMM (:data:`BLOCK_BYTES` per block);
+      buffer that stays in cache and multiplied by a dense GEMM (:data:`BLOCK_ROWS`, :data:`BLOCK_BYTES`);
     * otherwise (input-major long inputs, autograd, another device, no compiler): the matrix is
       decompressed into a buffer shared by all SparseLinears and multiplied with ``F.linear``.
 
@@ -150,7 +152,7 @@ class SparseLinear(nn.Linear):
                 matmul = ext.cols_matmul if self.input_major else ext.rows_matmul
                 return matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, isa)
             if not self.input_major and not torch.is_grad_enabled():
-                block = max(16, BLOCK_BYTES // max(1, layout.cols * layout.values.element_size()))
+                block = max(BLOCK_ROWS, BLOCK_BYTES // max(1, layout.cols * layout.values.element_size()))
                 return ext.blocked_matmul(x, layout.values, layout.bitmask, offsets, layout.cols, self.bias, block, isa)
         dense = self.stored_dense(reuse=not torch.is_grad_enabled())  # a saved-for-backward weight must not be overwritten
         bias = self.bias.to(dense.dtype) if self.bias is not None else None
