@@ -17,7 +17,7 @@ reads, and sparsity does not touch it), r the compressed/dense bytes of the prun
 
 ``widths``: the cost per kept value against the row length, one thread (where the row walk stops scaling).
 
-    python bench/runtime_gemma.py matmul [--repeats 30]
+    python bench/runtime_gemma.py matmul [--repeats 30] [--batches 1,9,128]
     python bench/runtime_gemma.py widths [--repeats 30]
     python bench/runtime_gemma.py e2e [--sparsities 0.5,0.7] [--windows 8]
 """
