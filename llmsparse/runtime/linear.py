@@ -23,8 +23,8 @@ from . import kernel
 #: GEMM on it (the C++ ``blocked_matmul``), so the dense matrix never goes to memory.
 DECODE_TOKENS = 8
 #: One decompressed block of rows in the long-input path: at least :data:`BLOCK_ROWS` rows (fewer made
-#: the GEMM of wide matrices run at half speed: 190 rows of 11008 inputs took 2x dense at 128 tokens, 512
-#: rows 1.2x) and at least :data:`BLOCK_BYTES`; either way it stays in the last-level cache.
+#: the GEMM of wide matrices run at half speed: docs/RUNTIME.md) and at least :data:`BLOCK_BYTES`;
+#: either way it stays in the last-level cache.
 BLOCK_ROWS = 512
 BLOCK_BYTES = 4 << 20
 
