@@ -40,7 +40,7 @@ def machine_header() -> str:
     """The line every bench table starts with: this machine's CPU, its instruction sets, threads and GPUs."""
     import torch
 
-    from llmsparse.cpu import machine
+    from llmsparse.core.cpu import machine
 
     return f"machine: {machine().summary()}; torch {torch.__version__}"
 
@@ -59,7 +59,7 @@ def run_here(spec: dict) -> dict:
     if spec.get("ids_out"):
         import torch
 
-        from llmsparse.calibration import calibration_ids
+        from llmsparse.data.calibration import calibration_ids
 
         calib = calibration_ids(calib, tok, spec.get("nsamples", 32), 512, spec.get("seed", 0))
         torch.save(calib, spec["ids_out"])

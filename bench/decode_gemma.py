@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import llmsparse
-    from llmsparse.activation import detach, disable_sparse_decode, enable_sparse_decode, kernel
+    from llmsparse.activation import detach, disable_sparse_decode, enable_sparse_decode
+    from llmsparse.activation import gemv_kernel as kernel
     from llmsparse.activation.decode import timed_generate
 
     torch.manual_seed(0)

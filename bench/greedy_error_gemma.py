@@ -35,12 +35,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import llmsparse
-    from llmsparse import engine
     from llmsparse.activation import find_blocks, get_activation_method
     from llmsparse.activation.calibrate import capture
-    from llmsparse.activation.runtime import patched
-    from llmsparse.calibration import calibration_batch
-    from llmsparse.layout import find_layers
+    from llmsparse.activation.hooks import patched
+    from llmsparse.core import engine
+    from llmsparse.core.layout import find_layers
+    from llmsparse.data.calibration import calibration_batch
 
     model, tok = llmsparse.load_model("gemma-3-270m")
     ids, _ = calibration_batch(model, tok, str(DATA / "wiki.valid.tokens"), 16, 512, 0, "text", "bench")

@@ -3,8 +3,8 @@
     python bench/micro.py
 
 * GEMM throughput of a Gemma 3 270M MLP-sized ``F.linear`` in float32 and bfloat16;
-* SparseGPT Hessian update: full ``addmm`` vs the block upper triangle of ``llmsparse.stats.Hessian``;
-* exact mask selection: ``topk`` vs ``kthvalue`` with tie-break (``llmsparse.masks``).
+* SparseGPT Hessian update: full ``addmm`` vs the block upper triangle of ``llmsparse.core.stats.Hessian``;
+* exact mask selection: ``topk`` vs ``kthvalue`` with tie-break (``llmsparse.core.masks``).
 """
 
 import time
@@ -12,8 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from llmsparse.masks import lowest_overall, lowest_per_row
-from llmsparse.stats import Hessian
+from llmsparse.core.masks import lowest_overall, lowest_per_row
+from llmsparse.core.stats import Hessian
 
 
 def seconds(fn, repeat=20):

@@ -65,7 +65,7 @@ def decoder_matrices(model):
 def measure(model, tok, windows: int, pruned: dict | None) -> dict:
     """ppl, and zeros of the decoder matrices as computed with (bitsandbytes: dequantized)."""
     import llmsparse
-    from llmsparse.bnb import dequantized
+    from llmsparse.core.bnb import dequantized
 
     zeros = total = still = pruned_total = 0
     for name, m in decoder_matrices(model):

@@ -158,7 +158,7 @@ def child(spec: dict) -> dict:
     """One load of one checkpoint in this fresh process: memory, decode speed, perplexity, greedy text."""
     import llmsparse
     from llmsparse.activation.decode import timed_generate
-    from llmsparse.memory import peak_rss
+    from llmsparse.core.memory import peak_rss
 
     before = rss_bytes()
     start = time.perf_counter()

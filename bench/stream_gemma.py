@@ -84,7 +84,7 @@ def child(mode: str, source: str, output: str, calib: str) -> None:
     """One measured run (in its own process): prints ``{"wall": s, "peak": bytes}``."""
     sys.path.insert(0, str(ROOT))
     import llmsparse
-    from llmsparse.memory import peak_rss
+    from llmsparse.core.memory import peak_rss
 
     started = time.perf_counter()
     if mode == "memory":
@@ -167,9 +167,9 @@ def main() -> None:
             rows.append(case(f"synthetic Llama, {depth} layers", source, nbytes, work))
             shutil.rmtree(source)
         if not args.no_gemma:
+            from llmsparse.checkpoint.load import _bundled_gemma_gguf, _gguf_to_safetensors
+            from llmsparse.core.memory import weight_bytes
             from llmsparse.formats import shard_files
-            from llmsparse.memory import weight_bytes
-            from llmsparse.models import _bundled_gemma_gguf, _gguf_to_safetensors
 
             source = _gguf_to_safetensors(Path(_bundled_gemma_gguf()))
             rows.append(case("Gemma 3 270M", source, weight_bytes(shard_files(source)), work))

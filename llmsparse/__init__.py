@@ -16,11 +16,15 @@ Notebook use::
     print(llmsparse.evaluate(model, tok, ["wt2_cloze"], include_path="eval/local", limit=200).table())
 """
 
-__version__ = "0.1.0"
-
 from . import activation, errors, runtime
 from .activation import ActivationReport, SparsifySettings, enable_sparse_decode, measure_activation_sparsity, sparsify_activations
-from .calibration import calibration_ids
+from .checkpoint.load import load_model
+from .checkpoint.recipe import load_recipe
+from .checkpoint.save import save_pruned
+from .checkpoint.stream import prune_checkpoint
+from .core.layout import find_layers, select_targets
+from .core.masks import Pattern
+from .data.calibration import calibration_ids
 from .errors import (
     CalibrationDataError,
     CheckpointError,
@@ -38,17 +42,12 @@ from .evaluation import TaskResults, build_local_tasks, evaluate
 from .evaluation.compare import Comparison, EvalSettings, compare
 from .evaluation.ppl import perplexity
 from .evaluation.sweep import SweepSpec, sweep
-from .export import save_pruned
 from .formats import FORMATS, get_format
-from .layout import find_layers, select_targets
-from .masks import Pattern
 from .methods import METHODS, get_method, register
-from .models import load_model
-from .pruning import PruneSettings, prune
-from .recipe import load_recipe
-from .report import PruneReport
+from .pruning.api import PruneSettings, prune
+from .pruning.report import PruneReport
 from .runtime import SparseLinear
-from .stream import prune_checkpoint
+from .version import __version__  # noqa: F401  (llmsparse.__version__)
 
 __all__ = [
     "FORMATS",

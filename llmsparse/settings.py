@@ -4,7 +4,7 @@ Each run API (``prune``, ``sparsify_activations``, evaluation, saving) describes
 :class:`Settings` dataclass next to it, one :func:`setting` per field: default, help text, and
 how it appears elsewhere (``recipe=False``: not a recipe key; ``cli=False``: no flag; ``flag``:
 another flag name; ``choices``: allowed values, or a registry). From those fields
-:func:`api` builds the Python signature, :mod:`llmsparse.recipe` the recipe keys, and
+:func:`api` builds the Python signature, :mod:`llmsparse.checkpoint.recipe` the recipe keys, and
 :mod:`llmsparse.cli.flags` the command-line flags with "(default ...)" in their help.
 Values are type-checked when a settings object is made, so ``nsamples=4.7`` fails at once; a
 field's ``check`` (:func:`at_least`, :func:`greater_than`, :func:`in_range`, :func:`regex`, :func:`nonempty`,

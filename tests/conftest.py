@@ -100,7 +100,7 @@ BNB_REQUIREMENT = "bitsandbytes>=0.50"
 def venv_python(name: str, requirement: str, module: str) -> str:
     """A Python with ``requirement`` installed next to this environment's packages (``python -m venv --system-site-packages``),
     built once under the llmsparse cache, so the main environment (what other tests see) never changes; skips when it cannot be built."""
-    from llmsparse.models import cache_dir
+    from llmsparse.checkpoint.load import cache_dir
 
     venv = Path(os.environ.get(f"LLMSPARSE_{name.upper()}_VENV", cache_dir() / f"test-venv-{name}"))
     python = venv / "bin" / "python"
@@ -145,6 +145,6 @@ def float32_forwards_by_default(request, monkeypatch):
     """Tests see a CPU without native bf16, so ``compute_dtype='auto'`` is float32 and results do not depend on the
     machine that runs them (test_cpu.py checks the detection and ``auto`` itself, with the real or a mocked CPU)."""
     if request.module.__name__ != "test_cpu":
-        from llmsparse import cpu
+        from llmsparse.core import cpu
 
         monkeypatch.setattr(cpu, "native_bf16", lambda device: False)

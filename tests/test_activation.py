@@ -22,13 +22,13 @@ from llmsparse.activation import (
 )
 from llmsparse.activation.base import quantile_threshold, sorted_abs, weighted_sparsity
 from llmsparse.activation.greedy import block_error, greedy_allocation, replay
+from llmsparse.activation.hooks import counting
 from llmsparse.activation.io import STATE_FILE
 from llmsparse.activation.methods.chess import channel_thresholds, sorted_importance
 from llmsparse.activation.report import common_sparsity, skipped_fractions
-from llmsparse.activation.runtime import counting
 from llmsparse.cli import main
+from llmsparse.core.masks import SparsityError
 from llmsparse.errors import CheckpointError, ModelError
-from llmsparse.masks import SparsityError
 
 ARCHS = ["llama", "qwen2", "gemma3"]
 

@@ -129,8 +129,8 @@ def test_an_activation_method_registered_outside_the_package_applies_through_api
 
 
 def test_api_defaults_recipe_keys_and_flags_come_from_the_settings_dataclasses(capsys):
+    from llmsparse.checkpoint.recipe import RECIPE_KINDS
     from llmsparse.cli import build_parser
-    from llmsparse.recipe import RECIPE_KINDS
 
     for function, cls in ((llmsparse.prune, llmsparse.PruneSettings), (llmsparse.sparsify_activations, llmsparse.SparsifySettings)):
         params = inspect.signature(function).parameters
@@ -247,7 +247,7 @@ def test_no_import_cycles_lazy_imports_included():
 def test_the_ground_floor_imports_nothing_above_it():
     graph = _graph()
     assert graph["llmsparse.errors"] == set()
-    assert graph["llmsparse.layout"] == {"llmsparse.errors"}
+    assert graph["llmsparse.core.layout"] == {"llmsparse.errors"}
     assert graph["llmsparse.registry"] == {"llmsparse.errors"}
     assert graph["llmsparse.settings"] == {"llmsparse.errors"}
 

@@ -23,8 +23,8 @@ LOAD = """
 import dataclasses, json, sys
 import torch
 import llmsparse
-from llmsparse.bnb import dequantized
-from llmsparse.layout import target_weights
+from llmsparse.core.bnb import dequantized
+from llmsparse.core.layout import target_weights
 model, _ = llmsparse.load_model(sys.argv[1], load_in=sys.argv[2])
 report = dataclasses.asdict(model.llmsparse_bnb_sparsity)
 kinds = sorted({type(m).__name__ for m in target_weights(model).values()})
@@ -89,7 +89,7 @@ import json, sys
 import torch
 import llmsparse
 from llmsparse.activation import sites_of
-from llmsparse.bnb import dequantized
+from llmsparse.core.bnb import dequantized
 model, tok = llmsparse.load_model(sys.argv[1], load_in="4bit")
 report = llmsparse.sparsify_activations(model, tok, method="wina", sparsity=0.5)
 q = model.model.layers[0].self_attn.q_proj

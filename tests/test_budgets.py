@@ -5,10 +5,10 @@ import torch
 from conftest import tiny_model
 
 import llmsparse
-from llmsparse.budgets import outlier_ratio, owl_sparsities
+from llmsparse.core.layout import find_layers, get_weight, matrix_modules
+from llmsparse.core.masks import SparsityError
 from llmsparse.errors import UnknownNameError
-from llmsparse.layout import find_layers, get_weight, matrix_modules
-from llmsparse.masks import SparsityError
+from llmsparse.pruning.budgets import outlier_ratio, owl_sparsities
 
 
 def test_outlier_ratio_brute_force():

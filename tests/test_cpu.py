@@ -1,4 +1,4 @@
-"""CPU detection (llmsparse.cpu), the compute dtype ``auto`` picks from it, and ``llmsparse env``."""
+"""CPU detection (llmsparse.core.cpu), the compute dtype ``auto`` picks from it, and ``llmsparse env``."""
 
 import json
 import logging
@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_model
 
 import llmsparse
-from llmsparse import cpu
 from llmsparse.cli import main
+from llmsparse.core import cpu
 
 CPUINFO = """processor\t: 0
 model name\t: Test CPU 9000
@@ -78,7 +78,7 @@ def test_auto_compute_dtype(fresh, native):
 def test_explicit_bf16_without_native_support_warns_once(fresh, caplog, calib_ids):
     fresh.setattr(cpu, "native_bf16", lambda device: False)
     model = tiny_model("llama")
-    with caplog.at_level(logging.WARNING, logger="llmsparse.cpu"):
+    with caplog.at_level(logging.WARNING, logger="llmsparse.core.cpu"):
         for _ in range(2):
             llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu", compute_dtype="bfloat16")
         llmsparse.prune(model, method="wanda", sparsity=0.5, calib=calib_ids, device="cpu", compute_dtype="float32")
@@ -88,7 +88,7 @@ def test_explicit_bf16_without_native_support_warns_once(fresh, caplog, calib_id
 
 def test_native_bf16_does_not_warn(fresh, caplog, calib_ids):
     fresh.setattr(cpu, "native_bf16", lambda device: True)
-    with caplog.at_level(logging.WARNING, logger="llmsparse.cpu"):
+    with caplog.at_level(logging.WARNING, logger="llmsparse.core.cpu"):
         llmsparse.prune(tiny_model("llama"), method="wanda", sparsity=0.5, calib=calib_ids, device="cpu", compute_dtype="bfloat16")
     assert not [r for r in caplog.records if "emulated" in r.getMessage()]
 
@@ -139,8 +139,8 @@ def test_saved_run_records_the_machine(tmp_path, calib_ids):
 
 
 def test_both_kernels_take_their_path_from_one_detection(monkeypatch):
-    from llmsparse.activation import kernel as decode_kernel
-    from llmsparse.runtime import kernel as runtime_kernel
+    from llmsparse.activation import gemv_kernel as decode_kernel
+    from llmsparse.runtime import sparse_kernel as runtime_kernel
 
     assert runtime_kernel.cpu_isa is cpu.cpu_isa and runtime_kernel.ISAS is cpu.ISAS
     monkeypatch.setenv(cpu.ISA_ENV, "scalar")

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import VALID
 
+from llmsparse.checkpoint.outdir import remove_stale
 from llmsparse.cli import main
-from llmsparse.outdir import remove_stale
 
 RUNNER = """
 import os, sys, time
-import llmsparse.cli.prune, llmsparse.export, llmsparse.outdir
+import llmsparse.cli.prune, llmsparse.checkpoint.save, llmsparse.checkpoint.outdir
 from llmsparse.cli import main
 
 point = sys.argv[1]
@@ -38,18 +38,18 @@ if point == "prune":
         return real_prune(*args, **kwargs)
     llmsparse.cli.prune.prune = prune
 elif point == "staged":
-    real_state = llmsparse.export.save_activation_state
+    real_state = llmsparse.checkpoint.save.save_activation_state
     def save_activation_state(model, directory):
         real_state(model, directory)  # model.safetensors and config.json are written, the rest is not
         pause()
-    llmsparse.export.save_activation_state = save_activation_state
+    llmsparse.checkpoint.save.save_activation_state = save_activation_state
 elif point == "swap":
     real_replace = os.replace
     def replace(src, dst, *args, **kwargs):
         if ".tmp-" in os.path.basename(str(src)):
             pause()  # the old output has been renamed aside, the new one is not in place yet
         return real_replace(src, dst, *args, **kwargs)
-    llmsparse.outdir.os.replace = replace
+    llmsparse.checkpoint.outdir.os.replace = replace
 sys.exit(main(sys.argv[2:]))
 """
 

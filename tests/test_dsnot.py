@@ -6,12 +6,12 @@ from conftest import tiny_model
 from test_methods import layer_problem
 
 import llmsparse
+from llmsparse.core.masks import Pattern, select
+from llmsparse.core.stats import InputMoments
 from llmsparse.errors import UnknownNameError
-from llmsparse.masks import Pattern, select
 from llmsparse.methods import get_method
 from llmsparse.methods.dsnot import dsnot_refine, expected_error
 from llmsparse.methods.wanda import wanda_scores
-from llmsparse.stats import InputMoments
 
 PATTERNS = [Pattern(), Pattern(2, 4), Pattern(4, 8)]
 

@@ -5,10 +5,10 @@ import torch
 from conftest import ARCHS, tiny_model
 
 import llmsparse
-from llmsparse import engine
+from llmsparse.core import engine
+from llmsparse.core.layout import find_layers, get_weight, matrix_modules
+from llmsparse.core.stats import InputNorms
 from llmsparse.errors import ModelError
-from llmsparse.layout import find_layers, get_weight, matrix_modules
-from llmsparse.stats import InputNorms
 
 
 def pruned_weights(model):

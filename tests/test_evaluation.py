@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import TEST, tiny_model
 
 import llmsparse
-from llmsparse.card import COMPARISON_START
+from llmsparse.checkpoint.card import COMPARISON_START
 from llmsparse.cli import main
 from llmsparse.errors import SweepDirError
 from llmsparse.evaluation import ClozeConfig, TaskBuildError, UnknownTaskError, build_local_tasks, evaluate, make_cloze

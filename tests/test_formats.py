@@ -10,12 +10,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import llmsparse
+from llmsparse.core.masks import Pattern
 from llmsparse.errors import CheckpointError, UnknownNameError
 from llmsparse.formats import get_format
 from llmsparse.formats.base import pack_bits, unpack_bits
 from llmsparse.formats.bitmask import bitmask_compress, decompress
 from llmsparse.formats.nm import nm_compress
-from llmsparse.masks import Pattern
 
 
 def test_bit_packing_is_little_endian():

@@ -15,9 +15,9 @@ from conftest import VALID, tiny_model
 
 import llmsparse
 from llmsparse.activation.decode import timed_generate
+from llmsparse.checkpoint.outdir import publish, staging
 from llmsparse.cli import main
 from llmsparse.errors import LlmsparseError, ModelError, NonFiniteError, OutputDirError, PushError
-from llmsparse.outdir import publish, staging
 
 
 def cli(argv: list[str]) -> int:
@@ -205,7 +205,7 @@ def test_push_to_an_unreachable_endpoint_is_one_line_without_the_token(tmp_path,
     saved = llmsparse.save_pruned(model, tokenizer, tmp_path / "out", report=llmsparse.prune(model, method="magnitude", sparsity=0.5, device="cpu"))
     api = HfApi(endpoint="http://127.0.0.1:9", token="hf_secretsecret123")
     with pytest.raises(PushError, match="failed") as err:
-        llmsparse.hub.push(saved, "me/repo", api=api)
+        llmsparse.checkpoint.hub.push(saved, "me/repo", api=api)
     assert "hf_secretsecret123" not in str(err.value)
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
     err = one_line_error(capsys, cli(["push", str(saved), "me/repo"]), "upload of", "me/repo failed")

@@ -8,10 +8,10 @@ import yaml
 from test_cli import prune_args
 
 import llmsparse
-from llmsparse.card import hub_id, model_card
+from llmsparse.checkpoint.card import hub_id, model_card
+from llmsparse.checkpoint.hub import push
 from llmsparse.cli import main
 from llmsparse.errors import PushError
-from llmsparse.hub import push
 
 
 class FakeApi:

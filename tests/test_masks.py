@@ -3,15 +3,7 @@
 import pytest
 import torch
 
-from llmsparse.masks import (
-    Pattern,
-    SparsityError,
-    check_width,
-    lowest_n_of_m,
-    lowest_overall,
-    lowest_per_row,
-    resolve_target,
-)
+from llmsparse.core.masks import Pattern, SparsityError, check_width, lowest_n_of_m, lowest_overall, lowest_per_row, resolve_target
 
 
 def test_pattern_parse():
@@ -78,7 +70,7 @@ def test_n_of_m_matches_brute_force():
 
 
 def test_pruned_counts_do_not_lose_a_weight_to_float_error():
-    from llmsparse.masks import lowest_per_row, pruned_count
+    from llmsparse.core.masks import lowest_per_row, pruned_count
 
     assert 100 * 0.29 < 29 and pruned_count(100, 0.29) == 29
     assert pruned_count(64, 0.6) == 38  # a genuine fraction still rounds down

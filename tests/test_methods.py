@@ -5,13 +5,14 @@ import logging
 import pytest
 import torch
 
+from llmsparse.core.hessian import inverse_hessian_factor, reconstruction_error
+from llmsparse.core.masks import Pattern, SparsityError
+from llmsparse.core.stats import Hessian, InputNorms
 from llmsparse.errors import HessianError, UnknownNameError
-from llmsparse.masks import Pattern, SparsityError
 from llmsparse.methods import get_method
 from llmsparse.methods.magnitude import magnitude_mask
-from llmsparse.methods.sparsegpt import inverse_hessian_factor, reconstruction_error, sparsegpt_prune
+from llmsparse.methods.sparsegpt import sparsegpt_prune
 from llmsparse.methods.wanda import wanda_mask, wanda_scores
-from llmsparse.stats import Hessian, InputNorms
 
 UNSTRUCTURED = Pattern()
 
@@ -85,7 +86,7 @@ def test_magnitude_scopes():
 
 def naive_obs(W, H, sparsity, pattern, blocksize, percdamp=0.01):
     """SparseGPT by explicit OBS elimination on H^-1, one column at a time, no Cholesky, no lazy batches."""
-    from llmsparse.masks import lowest_n_of_m, lowest_overall
+    from llmsparse.core.masks import lowest_n_of_m, lowest_overall
 
     W = W.clone().double()
     cols = W.shape[1]

@@ -9,7 +9,7 @@ from conftest import tiny_model
 from test_stream import assert_same_tensors
 
 import llmsparse
-from llmsparse.offload import dispatched
+from llmsparse.pruning.offload import dispatched
 
 DEVICE_MAPS = {
     "llama": {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"},

@@ -6,12 +6,13 @@ from conftest import tiny_model
 
 import llmsparse
 from llmsparse.cli import main
+from llmsparse.core.hessian import prepare_hessian, reconstruction_error
+from llmsparse.core.layout import target_weights
+from llmsparse.core.masks import Pattern
+from llmsparse.core.quantgrid import ColumnQuantizer, Grid, gptq, rtn, state_of
 from llmsparse.errors import SettingsError, UnknownNameError
-from llmsparse.layout import target_weights
-from llmsparse.masks import Pattern
 from llmsparse.methods import METHODS
-from llmsparse.methods.sparsegpt import prepare_hessian, reconstruction_error, sparsegpt_prune
-from llmsparse.quantize import ColumnQuantizer, Grid, gptq, rtn, state_of
+from llmsparse.methods.sparsegpt import sparsegpt_prune
 
 GRIDS = [Grid(4, 8, True), Grid(4, 8, False), Grid(8, -1, True), Grid(8, 16, False), Grid(4, -1, False)]
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 import llmsparse
 from llmsparse.cli import main
+from llmsparse.core.layout import target_weights
 from llmsparse.errors import CheckpointError
 from llmsparse.formats.packquant import pack_int32, unpack_int32
-from llmsparse.layout import target_weights
 
 STOCK_DUMP = """
 import sys

@@ -6,12 +6,12 @@ from conftest import VALID, tiny_model
 
 import llmsparse
 from llmsparse.cli import main
+from llmsparse.core.hessian import reconstruction_error
+from llmsparse.core.masks import Pattern
+from llmsparse.core.solvers import problem, solve
 from llmsparse.errors import CalibrationDataError, SparsityError, UnknownNameError
-from llmsparse.masks import Pattern
 from llmsparse.methods.alps import alps_prune
 from llmsparse.methods.ria import reallocated_mask, ria_scores, zigzag_permutation
-from llmsparse.methods.sparsegpt import reconstruction_error
-from llmsparse.reconstruct import problem, solve
 
 
 def layer_problem(out=12, inp=24, tokens=60, seed=0):
@@ -78,7 +78,7 @@ def test_alps_support_has_the_exact_count_and_pattern_and_beats_the_warm_start(p
         assert (zeros.view(16, -1, pattern.m).sum(-1) == pattern.n).all()
     else:
         assert zeros.sum() == int(round(W.numel() * sparsity, 6))
-    magnitude = W.float().masked_fill(llmsparse.masks.select(W.abs().float(), sparsity, pattern, per_row=False), 0)
+    magnitude = W.float().masked_fill(llmsparse.core.masks.select(W.abs().float(), sparsity, pattern, per_row=False), 0)
     assert reconstruction_error(W.float(), new, H) < reconstruction_error(W.float(), magnitude, H)
     assert 1 <= iterations <= 300
 

@@ -16,10 +16,11 @@ from conftest import VALID
 from test_stream import assert_same_tensors, save_checkpoint
 
 import llmsparse
-from llmsparse import layerwise, resume, stream
+from llmsparse.checkpoint import resume, stream
+from llmsparse.checkpoint.stream import prune_checkpoint
 from llmsparse.cli import main
 from llmsparse.errors import ResumeError
-from llmsparse.stream import prune_checkpoint
+from llmsparse.pruning.api import layerwise
 
 SETTINGS = dict(method="wanda", sparsity=0.6, layer_budget="owl", owl_lambda=0.05, compute_dtype="float32")  # float32: the killed subprocess sees the real CPU
 
@@ -89,7 +90,7 @@ def test_kill_9_while_saving_layer_inputs(tmp_path, setup):
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        import llmsparse.resume as r
+        import llmsparse.checkpoint.resume as r
         calls = []
         original = r.save_file
         def dying(tensors, path, metadata=None):
@@ -99,7 +100,7 @@ def test_kill_9_while_saving_layer_inputs(tmp_path, setup):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(tensors, path, metadata=metadata)
         r.save_file = dying
-        from llmsparse.stream import prune_checkpoint
+        from llmsparse.checkpoint.stream import prune_checkpoint
         prune_checkpoint({str(checkpoint)!r}, {str(out)!r}, calib=torch.load({str(tmp_path / "ids.pt")!r}), **{SETTINGS!r})
         """
     )
@@ -155,18 +156,18 @@ def test_cli_stream_resume_and_bad_input(tmp_path, tokenizer, capsys):
 
 def test_memory_guard_suggests_stream(tmp_path, tokenizer, capsys, monkeypatch):
     checkpoint = save_checkpoint(tmp_path / "ckpt", "llama", tokenizer)
-    monkeypatch.setattr("llmsparse.memory.available_memory", lambda: 1000)
+    monkeypatch.setattr("llmsparse.core.memory.available_memory", lambda: 1000)
     assert main(["prune", str(checkpoint), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "only 0.00 GiB of memory is available" in err and "--stream" in err
-    assert llmsparse.memory.weight_bytes(llmsparse.formats.shard_files(checkpoint), torch.bfloat16) * 2 == llmsparse.memory.weight_bytes(
+    assert llmsparse.core.memory.weight_bytes(llmsparse.formats.shard_files(checkpoint), torch.bfloat16) * 2 == llmsparse.core.memory.weight_bytes(
         llmsparse.formats.shard_files(checkpoint)
     )
 
 
 def test_resume_refuses_a_machine_where_auto_picks_another_dtype(tmp_path, setup, monkeypatch):
     """``compute_dtype='auto'`` resolves per machine: a resume must not finish in bf16 what began in float32."""
-    from llmsparse import cpu
+    from llmsparse.core import cpu
 
     checkpoint, ids = setup
     out, settings = tmp_path / "out", SETTINGS | {"compute_dtype": "auto"}

@@ -90,7 +90,7 @@ def test_sharded_and_legacy_checkpoints_still_load(tokenizer, tmp_path, calib_id
 
     shards = tmp_path / "sharded-compact"
     shutil.copytree(tmp_path / "sharded-dense", shards)
-    formats.compress_checkpoint(shards, formats.get_format("bitmask"), [f"{n}.weight" for n in llmsparse.layout.target_weights(model)])
+    formats.compress_checkpoint(shards, formats.get_format("bitmask"), [f"{n}.weight" for n in llmsparse.core.layout.target_weights(model)])
     assert len(formats.shard_files(shards)) > 1 and all(f.name.startswith("llmsparse-") for f in formats.shard_files(shards))
     legacy = tmp_path / "legacy"
     shutil.copytree(out, legacy)
@@ -110,7 +110,7 @@ def test_sharded_and_legacy_checkpoints_still_load(tokenizer, tmp_path, calib_id
 def test_dense_checkpoints_convert_what_is_sparse_enough(tokenizer, tmp_path, model_dir, caplog):
     model, report = pruned("llama")
     out = llmsparse.save_pruned(model, tokenizer, tmp_path / "dense", report=report, format="dense")
-    with caplog.at_level(logging.INFO, logger="llmsparse.runtime.load"):
+    with caplog.at_level(logging.INFO, logger="llmsparse.runtime.convert"):
         converted, _ = llmsparse.load_model(out, runtime="auto")
     assert len(sparse_layers(converted)) == 14 and "14 matrices compressed (bitmask)" in caplog.text
     assert_same_outputs(model, converted, torch.tensor([[1, 5, 9, 13]]))

@@ -7,8 +7,9 @@ import torch
 
 from llmsparse.errors import UnknownNameError
 from llmsparse.formats import get_format
-from llmsparse.runtime import SparseLinear, kernel
+from llmsparse.runtime import SparseLinear
 from llmsparse.runtime import linear as linear_module
+from llmsparse.runtime import sparse_kernel as kernel
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # widths that are not multiples of 8 or 16, a single column, and one wider than a 16-column group
@@ -171,7 +172,7 @@ def test_isa_requests_fall_back_with_a_note_never_a_crash(ext, monkeypatch, capl
     monkeypatch.setenv(kernel.ISA_ENV, "avx512")
     kernel.cpu_isa.cache_clear()
     try:
-        with caplog.at_level(logging.INFO, logger="llmsparse.runtime.kernel"):
+        with caplog.at_level(logging.INFO, logger="llmsparse.runtime.sparse_kernel"):
             chosen = kernel.cpu_isa()
         if chosen != "avx512":
             assert "supports only" in caplog.text

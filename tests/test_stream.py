@@ -10,9 +10,9 @@ from conftest import tiny_model
 from safetensors.torch import load_file
 
 import llmsparse
+from llmsparse.checkpoint.stream import prune_checkpoint
 from llmsparse.formats import shard_files
 from llmsparse.methods import METHODS
-from llmsparse.stream import prune_checkpoint
 
 
 def save_checkpoint(path, arch, tokenizer, shard="40KB"):
@@ -118,7 +118,7 @@ def test_freed_blocks_go_back_to_the_kernel_on_glibc():
     """``prune_checkpoint`` fixes glibc's mmap threshold, so a freed layer's tensors leave the resident set (flat peak over depth)."""
     import platform
 
-    from llmsparse.memory import return_freed_blocks
+    from llmsparse.core.memory import return_freed_blocks
 
     assert return_freed_blocks() is (platform.libc_ver()[0] == "glibc")
 
@@ -127,7 +127,7 @@ def test_copy_tensor_writes_the_same_tensor_in_chunks_and_refuses_a_truncated_so
     from safetensors.torch import load_file
     from safetensors.torch import save_file as reference_save
 
-    from llmsparse.tensorfile import copy_tensor
+    from llmsparse.core.tensorfile import copy_tensor
 
     tensors = {"a": torch.randn(37, 5), "b": torch.arange(1000, dtype=torch.int32).reshape(10, 100), "c": torch.randn(3).bfloat16()}
     reference_save(tensors, str(tmp_path / "src.safetensors"))

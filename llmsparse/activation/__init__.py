@@ -13,8 +13,8 @@ from __future__ import annotations
 from . import methods  # noqa: F401  (registers the methods)
 from .base import ACTIVATION_METHODS, ActivationMethod, get_activation_method, register
 from .calibrate import ALLOCATIONS, SparsifySettings, check_request, sparsify_activations
+from .hooks import PREFILL, Site, attach, detach, disable_sparse_decode, enable_sparse_decode, set_prefill, settings_of, sites_of
 from .report import ActivationReport, measure_activation_sparsity
-from .runtime import PREFILL, Site, attach, detach, disable_sparse_decode, enable_sparse_decode, set_prefill, settings_of, sites_of
 from .sites import Block, find_blocks
 
 __all__ = [

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import SparsityError
 from ..registry import Registry
-from .runtime import Site
+from .hooks import Site
 from .sites import Block
 
 

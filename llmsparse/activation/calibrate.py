@@ -17,16 +17,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import cpu, engine
-from ..calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
-from ..checks import check_inputs, check_weights
+from ..core import cpu, engine
+from ..core.checks import check_inputs, check_weights
+from ..core.layout import find_layers, resolve_device
+from ..data.calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..errors import SettingsError, SparsityError
-from ..layout import find_layers, resolve_device
 from ..settings import Settings, api, at_least, device_setting, in_range, setting
 from .base import ACTIVATION_METHODS, ActivationMethod, Captured, check_sparsity, get_activation_method
 from .greedy import GREEDY_ERRORS, block_error, greedy_allocation
+from .hooks import PREFILL, Site, attach, detach, patched
 from .report import ActivationReport
-from .runtime import PREFILL, Site, attach, detach, patched
 from .sites import Block, find_blocks
 
 ALLOCATIONS = ("uniform", "greedy")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import check_positions
+from ..data.calibration import check_positions
 from ..errors import SettingsError
 from ..settings import Settings, at_least, nonempty, setting
 

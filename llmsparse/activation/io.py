@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from .runtime import Site, attach, settings_of, sites_of
+from .hooks import Site, attach, settings_of, sites_of
 from .sites import find_blocks
 
 STATE_FILE = "activation_sparsity.safetensors"

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.text import eval_text
 from ..errors import EvaluationError, SettingsError
-from ..text import eval_text
-from .runtime import counting, settings_of, sites_of
+from .hooks import counting, settings_of, sites_of
 from .sites import Block, find_blocks
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..core.layout import architecture, find_layers
 from ..errors import ModelError
-from ..layout import architecture, find_layers
 
 #: Module-name suffixes of each role (Llama/Mistral/Qwen/Gemma/Phi-3 names first, then OPT's).
 ROLE_NAMES = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .. import __version__
+from ..version import __version__
 from . import compare, env, evaluate, flags, generate, methods, prune, push, sparsify, sweep
 
 #: Subcommand name -> module.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..card import update_card
+from ..checkpoint.card import update_card
+from ..checkpoint.load import LoadSettings, check_source
+from ..checkpoint.outdir import check_results_dir
+from ..checkpoint.save import METADATA_FILE
+from ..data.text import check_eval_source
 from ..evaluation.compare import EvalSettings, comma_list, compare
-from ..export import METADATA_FILE
-from ..models import LoadSettings, check_source
-from ..outdir import check_results_dir
-from ..text import check_eval_source
 from . import flags, preflight
 
 HELP = "dense vs sparse: several models on the same tasks, one table"

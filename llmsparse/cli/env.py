@@ -1,6 +1,6 @@
 """``llmsparse env``: versions, CPU model and features, threads and GPUs, for bug reports.
 
-The CPU facts come from :mod:`llmsparse.cpu` (the same detection the kernels and ``--compute-dtype
+The CPU facts come from :mod:`llmsparse.core.cpu` (the same detection the kernels and ``--compute-dtype
 auto`` use), so what this prints is what a run on this machine will do.
 """
 
@@ -12,7 +12,8 @@ import platform
 
 import torch
 
-from .. import __version__, cpu
+from ..core import cpu
+from ..version import __version__
 
 HELP = "print versions, CPU features, threads and GPUs (paste this into bug reports)"
 DESCRIPTION = HELP[0].upper() + HELP[1:] + "."

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from ..activation import measure_activation_sparsity, settings_of
+from ..core.layout import resolve_device
 from ..evaluation.compare import EvalSettings, evaluate_model
 from ..evaluation.harness import check_tasks, task_manager
-from ..layout import resolve_device
 from . import compare, flags
 
 HELP = "perplexity and lm-eval tasks of a model (optionally against a baseline)"

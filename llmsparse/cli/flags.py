@@ -17,9 +17,9 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..bnb import REPORT_ATTR as BNB_REPORT
+from ..checkpoint.load import MODEL_HELP, LoadSettings, load_model
+from ..core.bnb import REPORT_ATTR as BNB_REPORT
 from ..errors import LlmsparseError, SettingsError, UnknownNameError, check_choice
-from ..models import MODEL_HELP, LoadSettings, load_model
 from ..registry import Registry, config_fields
 from ..settings import Settings, check_of, choices_of, default_of, device_setting, setting
 
@@ -190,7 +190,7 @@ class Model(Settings):
 
 
 def add_model_flags(parser: argparse.ArgumentParser, seen: set[str]) -> None:
-    """The model argument, how it loads (:class:`~llmsparse.models.LoadSettings`) and the compute device."""
+    """The model argument, how it loads (:class:`~llmsparse.checkpoint.load.LoadSettings`) and the compute device."""
     add_settings(parser, Model, seen)
     add_settings(parser, LoadSettings, seen, "model loading")
     add_settings(parser, Compute, seen)

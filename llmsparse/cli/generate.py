@@ -7,8 +7,8 @@ import sys
 
 from ..activation import enable_sparse_decode, settings_of
 from ..activation.decode import GenerateSettings, timed_generate
+from ..core.layout import resolve_device
 from ..errors import SettingsError
-from ..layout import resolve_device
 from . import flags, preflight
 
 HELP = "greedy generation at batch size 1, with tokens/s"

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..calibration import check_positions
+from ..core.layout import get_weight, select_targets
+from ..core.masks import Pattern, check_width
+from ..data.calibration import check_positions
 from ..errors import CalibrationDataError, LlmsparseError, ModelError
 from ..formats import shard_files
-from ..layout import get_weight, select_targets
-from ..masks import Pattern, check_width
-from ..pruning import PruneSettings
-from ..pruning import grid as quantization_grid
+from ..pruning.api import PruneSettings
+from ..pruning.api import grid as quantization_grid
 
 #: Files one of which a tokenizer needs (tokenizer.json/tokenizer_config.json, SentencePiece, BPE vocabularies...).
 TOKENIZER_GLOBS = ("tokenizer*", "*.model", "vocab*", "*.tiktoken", "merges.txt")

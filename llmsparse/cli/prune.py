@@ -1,19 +1,20 @@
-"""``llmsparse prune``: one-shot, layer-by-layer pruning (flags from :class:`~llmsparse.pruning.PruneSettings`)."""
+"""``llmsparse prune``: one-shot, layer-by-layer pruning (flags from :class:`~llmsparse.pruning.api.PruneSettings`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..calibration import check_calib
+from ..checkpoint.recipe import load_recipe
+from ..checkpoint.stream import checkpoint_dir, prune_checkpoint
+from ..core.cpu import parse_dtype
+from ..core.memory import check_fits
+from ..data.calibration import check_calib
 from ..errors import SettingsError
 from ..formats import shard_files
-from ..memory import check_fits
 from ..methods import METHODS
-from ..models import parse_dtype
-from ..pruning import PruneSettings, calibration_needs, check_request, prune
-from ..recipe import load_recipe
-from ..stream import checkpoint_dir, prune_checkpoint
-from . import flags, preflight, tail
+from ..pruning.api import PruneSettings, calibration_needs, check_request, prune
+from . import finish as tail
+from . import flags, preflight
 
 HELP = "one-shot, layer-by-layer pruning"
 DESCRIPTION = "Prune the decoder Linear layers of a causal LM."

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import push
-from . import flags, tail
+from ..checkpoint.hub import push
+from . import finish as tail
+from . import flags
 
 HELP = "upload a saved sparse model to the Hugging Face Hub"
 DESCRIPTION = "Upload a directory written by llmsparse to the Hub."

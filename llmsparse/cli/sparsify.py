@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..activation import ACTIVATION_METHODS, SparsifySettings, check_request, measure_activation_sparsity, sparsify_activations
-from ..calibration import check_calib
-from ..layout import resolve_device
-from ..recipe import load_recipe
-from . import flags, preflight, tail
+from ..checkpoint.recipe import load_recipe
+from ..core.layout import resolve_device
+from ..data.calibration import check_calib
+from . import finish as tail
+from . import flags, preflight
 
 HELP = "training-free activation sparsity (TEAL, WINA, CHESS)"
 DESCRIPTION = "Calibrate activation thresholds and save them with the model."

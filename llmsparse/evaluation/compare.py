@@ -3,7 +3,7 @@
 The first model is the baseline. For every other model each metric gets a relative recovery:
 ``100 * sparse / base`` where higher is better (accuracy) and ``100 * base / sparse`` where lower
 is better (perplexity), so 100% means nothing was lost either way. Saved as ``comparison.json``
-and ``comparison.md``; :func:`llmsparse.card.update_card` puts the table into a model card.
+and ``comparison.md``; :func:`llmsparse.checkpoint.card.update_card` puts the table into a model card.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.load import check_source, load_model
+from ..core.layout import get_weight, resolve_device, target_weights
 from ..errors import EvaluationError
-from ..layout import get_weight, resolve_device, target_weights
-from ..models import check_source, load_model
 from ..settings import Settings, at_least, greater_than, setting
 from .harness import TaskResults, check_tasks, evaluate, task_manager
 from .ppl import PerplexityResult, perplexity, ppl_seqlen_setting, ppl_setting, ppl_windows_setting

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.text import eval_text
 from ..errors import EvaluationError, SettingsError
 from ..settings import at_least, setting
-from ..text import eval_text
 
 
 def ppl_setting(help: str = "perplexity on a text file (non-empty lines are documents) or 'wikitext2'"):

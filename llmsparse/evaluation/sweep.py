@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import bnb
-from ..budgets import BUDGETS
-from ..calibration import calib_setting, check_calib, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
+from ..checkpoint.load import check_source, load_model
+from ..core import bnb
+from ..core.layout import resolve_device
+from ..core.masks import resolve_target
+from ..data.calibration import calib_setting, check_calib, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..errors import SettingsError, SweepDirError
-from ..layout import resolve_device
-from ..masks import resolve_target
 from ..methods import get_method
-from ..models import check_source, load_model
-from ..pruning import prune
+from ..pruning.api import prune
+from ..pruning.budgets import BUDGETS
 from ..settings import Settings, setting
 from .compare import EvalSettings, ModelEval, comma_list, evaluate_model, recovery
 from .harness import check_tasks, task_manager

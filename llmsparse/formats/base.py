@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.masks import Pattern
 from ..errors import unknown_name
-from ..masks import Pattern
 from ..registry import Registry
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.quantgrid import QuantState, state_of
 from ..errors import CheckpointError
-from ..quantize import QuantState, state_of
 from .base import Format, SparseLayout, pack_bits, register, unpack_bits
 from .packquant import pack_int32, unpack_int32
 

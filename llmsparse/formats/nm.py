@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..core.masks import Pattern
 from ..errors import CheckpointError, SparsityError
-from ..masks import Pattern
 from .base import Format, pack_bits, register
 from .bitmask import decompress, sparse_layout
 

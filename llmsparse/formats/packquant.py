@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.quantgrid import Grid, QuantState, dequantize, state_of
 from ..errors import CheckpointError
-from ..quantize import Grid, QuantState, dequantize, state_of
 from .base import Format, register
 
 CT_FORMAT = "pack-quantized"

@@ -13,7 +13,7 @@ counts *pruned* weights, the reference counts kept ones). Every 3 iterations ρ 
 or 1.1 when more than 10%, 0.5% or any of the k kept positions changed, and the loop stops once
 ρ has grown and the support no longer moves (at most ``max_iter`` iterations, ρ ≤ 1e6). Then the
 weights on the final support are re-solved by preconditioned conjugate gradients
-(:func:`llmsparse.reconstruct.pcg`). The reference's ignored ``--rho`` flag and never-firing CG
+(:func:`llmsparse.core.solvers.pcg`). The reference's ignored ``--rho`` flag and never-firing CG
 stopping test are not reproduced.
 """
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
-from ..masks import Pattern
-from ..reconstruct import Problem, pcg
-from ..stats import Hessian
+from ..core import masks
+from ..core.hessian import reconstruction_error
+from ..core.masks import Pattern
+from ..core.solvers import Problem, pcg
+from ..core.stats import Hessian
 from .base import Method, PruneResult, register
-from .sparsegpt import reconstruction_error
 
 
 def projection(x: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..masks import Pattern
+from ..core.masks import Pattern
 from ..registry import Registry
 
 
@@ -26,7 +26,7 @@ class PruneResult:
     weight: torch.Tensor
     error: float | None = None  # relative reconstruction error ||(W - W')X||^2 / ||WX||^2 on the calibration inputs
     notes: dict[str, Any] = field(default_factory=dict)
-    quant: Any = None  # the weight's grid parameters when it was quantized (a llmsparse.quantize.QuantState)
+    quant: Any = None  # the weight's grid parameters when it was quantized (a llmsparse.core.quantgrid.QuantState)
 
 
 class Method:
@@ -39,7 +39,7 @@ class Method:
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
-        self.grid: Any = None  # a llmsparse.quantize.Grid for joint pruning + quantization (methods with joint_quantization)
+        self.grid: Any = None  # a llmsparse.core.quantgrid.Grid for joint pruning + quantization (methods with joint_quantization)
         self.storage_dtype = torch.float32  # the dtype the quantization scales are rounded to
 
     def new_stats(self, columns: int, device: torch.device | str):

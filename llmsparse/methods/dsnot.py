@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
+from ..core import masks
+from ..core.masks import Pattern
+from ..core.stats import InputMoments
 from ..errors import UnknownNameError
-from ..masks import Pattern
-from ..stats import InputMoments
 from .base import Method, PruneResult, get_method, register
 from .wanda import wanda_scores
 

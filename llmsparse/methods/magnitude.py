@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
+from ..core import masks
+from ..core.masks import Pattern
 from ..errors import check_choice
-from ..masks import Pattern
 from .base import Method, PruneResult, register
 
 

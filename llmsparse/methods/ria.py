@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
+from ..core import masks
+from ..core.masks import Pattern
+from ..core.stats import InputNorms
 from ..errors import SparsityError, check_choice
-from ..masks import Pattern
-from ..stats import InputNorms
 from .base import Method, PruneResult, register
 
 

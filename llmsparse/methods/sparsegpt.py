@@ -6,58 +6,16 @@ not-yet-processed columns through the upper Cholesky factor of ``H^-1``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
-from ..errors import HessianError
-from ..masks import Pattern
-from ..quantize import ColumnQuantizer, sub_block
-from ..stats import Hessian
+from ..core import masks
+from ..core.hessian import prepare_hessian, reconstruction_error
+from ..core.masks import Pattern
+from ..core.quantgrid import ColumnQuantizer, sub_block
+from ..core.stats import Hessian
 from .base import Method, PruneResult, register
-
-log = logging.getLogger(__name__)
-
-
-def inverse_hessian_factor(H: torch.Tensor, percdamp: float, tries: int = 6, growth: float = 10.0):
-    """Upper Cholesky factor of ``(H + damp*I)^-1``, with ``damp = percdamp * mean(diag H)``.
-
-    If the factorisation fails, dampening grows by ``growth`` up to ``tries`` times (each retry is
-    logged); it never falls back to the identity. Returns ``(U, percdamp actually used)``.
-    """
-    mean_diag = torch.diagonal(H).mean()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    damp = percdamp
-    for attempt in range(tries):
-        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
-        if info == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if info == 0:
-                return U, damp
-        if attempt + 1 < tries:
-            grown = damp * growth if damp > 0 else 0.01
-            log.warning("Hessian not positive definite with percdamp=%g; retrying with %g", damp, grown)
-            damp = grown
-    raise HessianError(f"Hessian could not be factored even with percdamp={damp:g} (after {tries} tries)")
-
-
-def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, H: torch.Tensor) -> float:
-    """``||(W - W')X||^2 / ||WX||^2`` computed from ``H ∝ X X^T`` (the scale of H cancels)."""
-    delta = original - pruned
-    both = torch.cat([delta, original]) @ H
-    rows = original.shape[0]
-    return ((both[:rows] * delta).sum() / (both[rows:] * original).sum().clamp_min(1e-30)).item()
-
-
-def prepare_hessian(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(dead inputs, upper Cholesky factor of the damped H^-1, percdamp used)``; dead inputs get ``H_jj = 1``."""
-    H = H.clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1
-    U, damp = inverse_hessian_factor(H, percdamp)
-    return dead, U, damp
 
 
 def sparsegpt_scores(weight: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -135,7 +93,7 @@ def _columns(W: torch.Tensor, U: torch.Tensor, sparsity: float, pattern: Pattern
 
     The plain loop's updates in a faster order: the working copy is transposed (a column of ``W``
     is a contiguous row of ``WT``), and inside a block the rank-1 updates ``err ⊗ U[i, i:]`` reach
-    only the rest of a sub-block (:func:`~llmsparse.quantize.sub_block`); when a sub-block ends, one
+    only the rest of a sub-block (:func:`~llmsparse.core.quantgrid.sub_block`); when a sub-block ends, one
     matrix product carries its errors to the rest of the block. Every column, and every quantization
     group where it starts, still sees all earlier errors, so the result equals the plain loop's up
     to float rounding. Kept weights are rounded on their group's grid, fitted on the weights expected

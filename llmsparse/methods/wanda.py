@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import masks
-from ..masks import Pattern
-from ..stats import InputNorms
+from ..core import masks
+from ..core.masks import Pattern
+from ..core.stats import InputNorms
 from .base import Method, PruneResult, register
 
 log = logging.getLogger(__name__)

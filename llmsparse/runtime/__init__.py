@@ -7,17 +7,17 @@
     import llmsparse; AutoModelForCausalLM.from_pretrained("out/model-bitmask") # the same, through transformers
 
 :class:`SparseLinear` (:mod:`.linear`) holds one matrix in its checkpoint format's tensors and picks
-the kernel (:mod:`.kernel`, ``csrc/sparse_linear.cpp``); :mod:`.load` builds models from compact or
-dense checkpoints; :mod:`.hf` and :mod:`.quantizer` register llmsparse as a transformers
+the kernel (:mod:`.sparse_kernel`, ``csrc/sparse_linear.cpp``); :mod:`.convert` builds models from compact or
+dense checkpoints; :mod:`.hf` and :mod:`.hf_quantizer` register llmsparse as a transformers
 quantization method.
 """
 
 from __future__ import annotations
 
 from . import hf
-from .kernel import cpu_isa
+from .convert import MIN_SPARSITY, RUNTIMES, convert_dense, sparse_layers, summary
 from .linear import DECODE_TOKENS, SparseLinear
-from .load import MIN_SPARSITY, RUNTIMES, convert_dense, sparse_layers, summary
+from .sparse_kernel import cpu_isa
 
 hf.install()
 

@@ -1,7 +1,7 @@
 """The standard entry point: with llmsparse imported, ``AutoModelForCausalLM.from_pretrained(DIR)`` of a compact checkpoint runs sparse.
 
 :func:`register` adds llmsparse to transformers' quantizer registry under ``quant_method:
-"llmsparse"`` (:mod:`.quantizer`). Importing that registry takes about 2 s, so ``import llmsparse``
+"llmsparse"`` (:mod:`.hf_quantizer`). Importing that registry takes about 2 s, so ``import llmsparse``
 does not: :func:`install` registers at once if transformers' registry is already loaded, and
 otherwise the moment it is (every model load imports it before reading a config).
 :func:`load_compact` is how :func:`llmsparse.load_model` itself loads a compact checkpoint sparse.
@@ -21,7 +21,7 @@ from torch import nn
 from .. import formats
 from ..errors import CheckpointError
 from ..formats import QUANT_METHOD
-from .load import summary
+from .convert import summary
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def register() -> None:
 
     if QUANT_METHOD in AUTO_QUANTIZER_MAPPING:
         return
-    from .quantizer import LlmsparseConfig, LlmsparseQuantizer
+    half_imported = sys.modules.get(f"{__package__}.hf_quantizer")
+    if half_imported is not None and not hasattr(half_imported, "LlmsparseQuantizer"):
+        return  # importing it imported transformers' registry (and so this hook): it registers itself when done
+    from .hf_quantizer import LlmsparseConfig, LlmsparseQuantizer
 
     register_quantization_config(QUANT_METHOD)(LlmsparseConfig)
     register_quantizer(QUANT_METHOD)(LlmsparseQuantizer)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..formats import get_format
 from ..formats.base import Format, SparseLayout
-from . import kernel
+from . import sparse_kernel as kernel
 
 #: Calls with at most this many tokens walk the compressed matrix (decoding, small batches): each
 #: decoded group of columns is reused by up to four tokens. Longer inputs (prompts, perplexity
@@ -55,7 +55,7 @@ class SparseLinear(nn.Linear):
     ``forward`` is the one place that picks the computation:
 
     * on CPU with the C++ extension, up to :data:`DECODE_TOKENS` tokens: the kernel walks the mask
-      and the kept values (SIMD path from :func:`~llmsparse.runtime.kernel.cpu_isa`). A matrix
+      and the kept values (SIMD path from :func:`~llmsparse.runtime.sparse_kernel.cpu_isa`). A matrix
       stored output-major (``[out, in]``, the usual case) gives each output as one row's masked
       dot product; one stored input-major (``[in, out]``: GPT-2's ``Conv1D``, or after
       :meth:`use_input_major`) adds ``x_i`` times row ``i`` for the inputs that are not zero, so

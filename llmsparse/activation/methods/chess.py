@@ -15,7 +15,7 @@ import torch
 
 from ...errors import ModelError
 from ..base import ActivationMethod, Captured, quantile_threshold, register, sorted_abs
-from ..runtime import Site
+from ..hooks import Site
 from ..sites import Block
 
 

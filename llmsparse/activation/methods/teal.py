@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..base import ActivationMethod, Captured, quantile_threshold, register, sorted_abs
-from ..runtime import Site
+from ..hooks import Site
 from ..sites import Block
 
 

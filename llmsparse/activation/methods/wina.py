@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...bnb import float_weight
+from ...core.bnb import float_weight
+from ...core.masks import pruned_count
 from ...errors import check_choice
-from ...masks import pruned_count
 from ..base import ActivationMethod, Captured, check_sparsity, quantile_threshold, register
-from ..runtime import Site
+from ..hooks import Site
 from ..sites import Block
 
 MODES = ("topk", "threshold")
