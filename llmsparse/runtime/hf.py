@@ -9,6 +9,7 @@ otherwise the moment it is (every model load imports it before reading a config)
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import logging
@@ -20,7 +21,6 @@ from torch import nn
 
 from .. import formats
 from ..errors import CheckpointError
-from ..formats import QUANT_METHOD
 from .convert import summary
 
 log = logging.getLogger(__name__)
@@ -29,18 +29,12 @@ REGISTRY = "transformers.quantizers.auto"
 
 
 def register() -> None:
-    """Register llmsparse's config and quantizer with transformers (once)."""
-    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
+    """Register llmsparse's config and quantizer with transformers (once: :mod:`.hf_quantizer` registers them when first imported).
 
-    if QUANT_METHOD in AUTO_QUANTIZER_MAPPING:
-        return
-    half_imported = sys.modules.get(f"{__package__}.hf_quantizer")
-    if half_imported is not None and not hasattr(half_imported, "LlmsparseQuantizer"):
-        return  # importing it imported transformers' registry (and so this hook): it registers itself when done
-    from .hf_quantizer import LlmsparseConfig, LlmsparseQuantizer
-
-    register_quantization_config(QUANT_METHOD)(LlmsparseConfig)
-    register_quantizer(QUANT_METHOD)(LlmsparseQuantizer)
+    When that module is imported first, its own import of transformers' registry runs this hook
+    while the module is half-built; it then registers itself at the end of its import.
+    """
+    importlib.import_module(f"{__package__}.hf_quantizer")
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):

@@ -1,6 +1,6 @@
 """llmsparse's transformers quantization method: the config class and the quantizer that loads compact checkpoints as SparseLinear layers.
 
-Registered under ``quant_method: "llmsparse"`` by :func:`llmsparse.runtime.hf.register`. Imports
+Registered under ``quant_method: "llmsparse"`` when this module is first imported (:func:`llmsparse.runtime.hf.register` imports it). Imports
 only transformers modules that its quantizer registry has loaded already, so registering can run
 while that registry is being imported.
 """
@@ -14,7 +14,6 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..formats import QUANT_METHOD
 from .convert import add_shells, check_loaded
-from .hf import register
 
 
 class LlmsparseConfig(QuantizationConfigMixin):
@@ -56,4 +55,14 @@ class LlmsparseQuantizer(HfQuantizer):
         return False
 
 
-register()  # when this module is imported first, transformers' registry hook ran before these classes existed
+
+def register() -> None:
+    """Add the two classes to transformers' quantizer registry (unless they are there already)."""
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
+
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantization_config(QUANT_METHOD)(LlmsparseConfig)
+        register_quantizer(QUANT_METHOD)(LlmsparseQuantizer)
+
+
+register()
