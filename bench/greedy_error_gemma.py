@@ -47,17 +47,16 @@ def main() -> None:
     blocks, teal, cpu = find_blocks(model), get_activation_method("teal"), torch.device("cpu")
     rows = []
 
-    def visit(i, layer, hidden, call, masters):
-        block = blocks[i]
-        prepared = teal.prepare(block, capture(layer, block, hidden, call, cpu, False))
-        dense = engine.forward_layer(layer, hidden[0], call, cpu)[0].float()
-        with patched(model, teal.sites(block, prepared, {role: args.sparsity for role in teal.roles(block)})):
-            out = engine.forward_layer(layer, hidden[0], call, cpu)[0].float()
-        sq = (out - dense).pow(2).sum(-1)
-        norm2 = dense.pow(2).sum(-1)
-        rows.append((i, top_share(sq), top_share(sq / norm2), norm2.sqrt().median().item(), norm2.sqrt().max().item()))
-
-    engine.walk_layers(find_layers(model), ids, cpu, torch.float32, visit, "layers")
+    with engine.LayerWalk(engine.Run(find_layers(model), cpu, torch.float32), ids, key="greedy-error", desc="layers") as walk:
+        for visit in walk:
+            block = blocks[visit.index]
+            prepared = teal.prepare(block, capture(visit.layer, block, visit.hidden, visit.call, cpu, False))
+            dense = visit.forward(visit.hidden[0])[0].float()
+            with patched(model, teal.sites(block, prepared, {role: args.sparsity for role in teal.roles(block)})):
+                out = visit.forward(visit.hidden[0])[0].float()
+            sq = (out - dense).pow(2).sum(-1)
+            norm2 = dense.pow(2).sum(-1)
+            rows.append((visit.index, top_share(sq), top_share(sq / norm2), norm2.sqrt().median().item(), norm2.sqrt().max().item()))
     print(machine_header())
     print(f"TEAL uniform {args.sparsity:.0%}, one layer at a time; {ids.shape[1]} tokens of the first calibration sequence\n")
     print("| layer | top 1% tokens' share: mse | relative | median token norm | largest token norm |")

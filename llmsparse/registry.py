@@ -1,7 +1,7 @@
 """One registry shape for every extension point: pruning methods, activation methods, checkpoint formats.
 
-An extension is a class with a ``name`` and a ``Config`` dataclass (options with ``help``
-metadata); decorating it with ``REGISTRY.register`` makes it known to the Python API, the CLI
+An extension is a class with a ``name`` and a ``Config`` dataclass (a :class:`~llmsparse.settings.Settings`
+whose options are :func:`~llmsparse.settings.setting` fields: default, help, choices, range check); decorating it with ``REGISTRY.register`` makes it known to the Python API, the CLI
 (a ``--<name>-<option>`` flag per option), recipes, ``llmsparse methods``, model cards and
 loaders. Lookups of unknown names raise :class:`~llmsparse.errors.UnknownNameError` with close
 matches suggested. The modules of an extension package register themselves on import;
@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 from typing import Any, Generic, TypeVar
 
-from .errors import SettingsError, unknown_name
+from .errors import LlmsparseError, unknown_name
 
 T = TypeVar("T")
 
@@ -49,28 +49,17 @@ def config_fields(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls.Config))
 
 
-def _fits(value: Any, default: Any) -> bool:
-    """True when ``value`` has the type of an option whose default is ``default`` (ints count as floats, bools only as bools)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, (int, str)):
-        return isinstance(value, type(default))
-    return True
-
-
 def make_config(cls: type, name: str, options: dict[str, Any]):
-    """``cls.Config(**options)``, refusing unknown options with the list of known ones, and values of another type than the default's."""
+    """``cls.Config(**options)``: unknown options are refused with the list of known ones; the Config (a
+    :class:`~llmsparse.settings.Settings`) checks each value's type and range, and errors name the extension."""
     fields = {f.name: f for f in config_fields(cls)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise unknown_name(f"{name} option", unknown[0], fields)
-    for key, value in options.items():
-        default = fields[key].default
-        if default is not dataclasses.MISSING and default is not None and not _fits(value, default):
-            raise SettingsError(f"{name} option {key} must be {type(default).__name__}, got {type(value).__name__} {value!r}")
-    return cls.Config(**options)
+    try:
+        return cls.Config(**options)
+    except LlmsparseError as err:
+        raise type(err)(f"{name} option {err}") from None
 
 
 def describe(cls: type) -> str:

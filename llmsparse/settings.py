@@ -7,7 +7,7 @@ another flag name; ``choices``: allowed values, or a registry). From those field
 :func:`api` builds the Python signature, :mod:`llmsparse.checkpoint.recipe` the recipe keys, and
 :mod:`llmsparse.cli.flags` the command-line flags with "(default ...)" in their help.
 Values are type-checked when a settings object is made, so ``nsamples=4.7`` fails at once; a
-field's ``check`` (:func:`at_least`, :func:`greater_than`, :func:`in_range`, :func:`regex`, :func:`nonempty`,
+field's ``check`` (:func:`finite`, :func:`at_least`, :func:`greater_than`, :func:`in_range`, :func:`regex`, :func:`nonempty`,
 :func:`known_device`) also refuses values of the right type outside its range, in Python, in
 recipes and (through :mod:`llmsparse.cli.flags`) on the command line.
 """
@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import re
 import types
@@ -33,14 +34,19 @@ _MISSING = dataclasses.MISSING
 Check = Callable[[Any], "str | None"]
 
 
+def finite(value: float) -> str | None:
+    """A number that is not NaN or infinite."""
+    return None if math.isfinite(value) else "must be a finite number"
+
+
 def at_least(low: float) -> Check:
-    """Numbers ``>= low``."""
-    return lambda value: None if value >= low else f"must be at least {low}"
+    """Finite numbers ``>= low``."""
+    return lambda value: finite(value) or (None if value >= low else f"must be at least {low}")
 
 
 def greater_than(low: float) -> Check:
-    """Numbers ``> low``."""
-    return lambda value: None if value > low else f"must be greater than {low}"
+    """Finite numbers ``> low``."""
+    return lambda value: finite(value) or (None if value > low else f"must be greater than {low}")
 
 
 def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
@@ -115,10 +121,12 @@ def setting(
     positional: bool = False,
     check: Check | None = None,
     off_flag: str | None = None,
+    alias: str | None = None,
 ) -> Any:
     """A settings field: ``default`` (``dataclasses.MISSING``: required) plus the metadata the recipe and CLI builders read.
 
-    ``off_flag`` gives a boolean a second flag that sets it to False (``--asymmetric`` for ``symmetric``).
+    ``off_flag`` gives a boolean a second flag that sets it to False (``--asymmetric`` for ``symmetric``);
+    ``alias`` gives a method option a second flag (``--init`` for ``--dsnot-init``).
 
     ``check(value)`` returns what is wrong with a value of the right type (``"must be at least 1"``)
     or None; it sees each element of a list and is skipped for None.
@@ -136,6 +144,7 @@ def setting(
         "positional": positional,
         "check": check,
         "off_flag": off_flag,
+        "alias": alias,
     }
     if default is _MISSING:
         return dataclasses.field(metadata=meta)
@@ -226,6 +235,11 @@ class Settings:
         """The field names a recipe of these settings may hold."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe", True))
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any]):
+        """Settings from a mapping that holds every field (an :func:`api` function's ``locals()``); other keys are ignored."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
     def recipe(self) -> dict[str, Any]:
         """The recipe keys and their values (for ``recipe.yaml``)."""
         return {key: getattr(self, key) for key in self.recipe_keys()}
@@ -240,35 +254,60 @@ def settings_doc(cls: type) -> str:
     return "\n".join(lines)
 
 
-def api(cls: type[Settings]) -> Callable:
-    """Give ``fn(*fixed, settings)`` the signature ``fn(*fixed, <each field of cls with its default>)``.
+def signature_default(f: dataclasses.Field) -> Any:
+    """The default a function parameter shows for field ``f``: its default, or None for a list/dict default (built fresh by the settings)."""
+    return None if f.default is _MISSING and f.default_factory is not _MISSING else f.default
 
-    The wrapper binds positional and keyword arguments against that signature, builds
-    ``cls(**given)`` (defaults from the dataclass, types checked) and calls ``fn``; the settings
-    fields and their help are appended to the docstring, so ``help()`` lists every option.
+
+def signature_source(cls: type) -> str:
+    """The keyword-only parameter lines of an :func:`api` function for ``cls``, as source (to paste after ``*,``)."""
+    def shown(value: Any) -> str:
+        return f'"{value}"' if isinstance(value, str) else repr(value)
+
+    return "\n".join(f"    {f.name}: {f.type} = {shown(signature_default(f))}," for f in dataclasses.fields(cls))
+
+
+def signature_drift(fn: Callable, cls: type) -> list[str]:
+    """How the last keyword-only parameters of ``fn`` differ from the fields of ``cls`` (names and order, defaults,
+    annotations); empty when they match. Keyword-only parameters before them are the function's own."""
+    fields = dataclasses.fields(cls)
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY][-len(fields) :]
+    if [p.name for p in params] != [f.name for f in fields]:
+        return [f"parameters {[p.name for p in params]} are not the fields {[f.name for f in fields]}"]
+    drift = []
+    for p, f in zip(params, fields):
+        if p.default != signature_default(f):
+            drift.append(f"{p.name}: default {p.default!r}, the settings say {signature_default(f)!r}")
+        if str(p.annotation) != str(f.type):
+            drift.append(f"{p.name}: annotation {p.annotation}, the settings say {f.type}")
+    return drift
+
+
+def api(cls: type[Settings]) -> Callable:
+    """Tie a function whose keyword-only parameters are the fields of ``cls`` to those settings.
+
+    The function spells its options out (``def prune(model, tokenizer=None, *, method: str = "wanda", ...)``)
+    so IDEs and type checkers see them; it builds its settings with ``cls.of(locals())``. This decorator
+    refuses, at import, a parameter list that drifted from ``cls`` (names, order, defaults; the test
+    suite also compares annotations: :func:`signature_drift`, and :func:`signature_source` prints the
+    lines to paste), turns a call's wrong or missing arguments into :class:`SettingsError`, and appends
+    each field's help to the docstring, so ``help()`` explains every option.
     """
 
     def decorate(fn: Callable) -> Callable:
-        fixed = list(inspect.signature(fn).parameters.values())[:-1]
-        hints = _hints(cls)
-        params = fixed + [
-            inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default_of(f), annotation=hints[f.name])
-            for f in dataclasses.fields(cls)
-        ]
-        signature = inspect.Signature(params, return_annotation=inspect.signature(fn).return_annotation)
-        names = [p.name for p in fixed]
+        signature = inspect.signature(fn)
+        drift = [d for d in signature_drift(fn, cls) if "annotation" not in d]
+        if drift:
+            raise TypeError(f"{fn.__qualname__} does not match {cls.__name__}: {'; '.join(drift)}")
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
-                bound = signature.bind(*args, **kwargs)
+                signature.bind(*args, **kwargs)
             except TypeError as err:
                 raise SettingsError(f"{fn.__name__}(): {err}") from None
-            given = dict(bound.arguments)
-            head = [given.pop(n) if n in given else p.default for n, p in zip(names, fixed)]
-            return fn(*head, cls(**given))
+            return fn(*args, **kwargs)
 
-        wrapper.__signature__ = signature
         wrapper.__doc__ = f"{fn.__doc__ or ''}\n\n    Settings ({cls.__name__}):\n\n{settings_doc(cls)}\n"
         wrapper.settings_class = cls
         return wrapper

@@ -1,239 +1,85 @@
-"""The package's shape: extension points registered from outside, one settings source, one error base, no import cycles."""
+"""The package's shape: layers that import only the layers below them, no import cycle at any level, small files,
+every module importable on its own in a fresh process. The layers are the ones docs/ARCHITECTURE.md draws."""
 
 import ast
-import dataclasses
-import inspect
-import json
-from dataclasses import dataclass, field
+import os
+import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import VALID, tiny_model
 
 import llmsparse
-from llmsparse.activation import ACTIVATION_METHODS, ActivationMethod, Site, sites_of
-from llmsparse.activation import register as register_activation
-from llmsparse.cli import main
-from llmsparse.errors import CheckpointError, LlmsparseError, SettingsError, UnknownNameError
-from llmsparse.formats import FORMATS, Format
-from llmsparse.formats import register as register_format
 
 PACKAGE = Path(llmsparse.__file__).parent
 
-
-# --------------------------------------------------------------------------- a toy format and a toy activation method
-
-
-class Coordinates(Format):
-    """Non-zeros as flat int32 positions plus values: registered here, in the test file only."""
-
-    name = "toy-coo"
-    parts = ("shape", "positions", "values")
-    note = "toy coordinate layout (positions and values)"
-
-    @classmethod
-    def from_config(cls, block):
-        return cls() if block.get("format") == "toy-coo" else None
-
-    def compress(self, weight, name):
-        flat = weight.flatten()
-        positions = flat.nonzero().squeeze(1)
-        return {"shape": torch.tensor(list(weight.shape)), "positions": positions.to(torch.int32), "values": flat[positions]}
-
-    def decompress(self, parts, name):
-        if parts["positions"].numel() != parts["values"].numel():
-            raise CheckpointError(f"{name}: {parts['positions'].numel()} positions for {parts['values'].numel()} values")
-        shape = parts["shape"].tolist()
-        flat = torch.zeros(shape[0] * shape[1], dtype=parts["values"].dtype)
-        flat[parts["positions"].long()] = parts["values"]
-        return flat.view(shape)
-
-    def config_block(self):
-        return {"format": "toy-coo", "sparsity_structure": "unstructured"}
+#: The layers, lowest first: a module may import its own layer's package and the layers below (the root's
+#: ground-floor modules may import errors only). Side by side in one layer: packages that must not import each other.
+LAYERS = [
+    {"errors"},
+    {"registry", "settings", "version"},
+    {"core", "gpu"},
+    {"data"},
+    {"methods", "formats"},
+    {"runtime"},
+    {"pruning", "activation", "structured"},
+    {"recovery"},
+    {"checkpoint"},
+    {"evaluation"},
+    {"cli"},
+    {"__init__"},
+]
 
 
-@dataclass
-class FixedConfig:
-    threshold: float = field(default=0.5, metadata={"help": "every projection input below this magnitude is zeroed"})
-
-
-class Fixed(ActivationMethod):
-    """One fixed magnitude threshold for every projection, no calibration: registered here only."""
-
-    name = "toy-fixed"
-    Config = FixedConfig
-    allocations = ("uniform",)
-
-    def needs_calibration(self, allocation):
-        return False
-
-    def prepare(self, block, captured):
-        return None
-
-    def sites(self, block, prepared, sparsities):
-        t = torch.tensor(self.config.threshold)
-        return {block.names[role]: Site(role, s, threshold=t) for role, s in sparsities.items()}
-
-
-@pytest.fixture
-def toys():
-    register_format(Coordinates)
-    register_activation(Fixed)
-    yield
-    del FORMATS["toy-coo"], ACTIVATION_METHODS["toy-fixed"]
-
-
-def test_a_format_registered_outside_the_package_round_trips_through_api_and_cli(toys, tokenizer, model_dir, tmp_path, calib_ids, capsys):
-    model = tiny_model("llama")
-    report = llmsparse.prune(model, method="magnitude", sparsity=0.6)
-    out = llmsparse.save_pruned(model, tokenizer, tmp_path / "api", report=report, format="toy-coo")
-    config = json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"]
-    assert config["format"] == "toy-coo" and report.storage["format"] == "toy-coo"
-    assert "toy coordinate layout" in (out / "README.md").read_text()
-    again, _ = llmsparse.load_model(out)
-    for key, value in model.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value), key
-
-    cli_out = tmp_path / "cli"
-    args = ["-q", "prune", str(model_dir), "--method", "magnitude", "--sparsity", "0.5", "--format", "toy-coo", "--output", str(cli_out)]
-    assert main(args) == 0
-    assert json.loads((cli_out / "llmsparse.json").read_text())["format"] == "toy-coo"
-    reloaded, _ = llmsparse.load_model(cli_out)
-    w = reloaded.model.layers[0].mlp.down_proj.weight
-    assert (w == 0).sum() == w.numel() // 2
-    assert main(["methods"]) == 0
-    assert "toy-coo" in capsys.readouterr().out
-
-
-def test_an_activation_method_registered_outside_the_package_applies_through_api_and_cli(toys, model_dir, tmp_path, calib_ids, capsys):
-    model = tiny_model("llama")
-    report = llmsparse.sparsify_activations(model, None, method="toy-fixed", sparsity=0.3, method_options={"threshold": 0.2})
-    assert report.method == "toy-fixed" and all(site.threshold == 0.2 for site in sites_of(model).values())
-
-    out = tmp_path / "act"
-    argv = ["-q", "sparsify", str(model_dir), "--method", "toy-fixed", "--sparsity", "0.3", "--toy-fixed-threshold", "0.25", "--output", str(out)]
-    assert main(argv) == 0
-    assert json.loads((out / "llmsparse.json").read_text())["recipe"]["method_options"] == {"threshold": 0.25}
-    loaded, _ = llmsparse.load_model(out)
-    sites = sites_of(loaded)
-    assert len(sites) == 14 and all(float(site.threshold) == 0.25 for site in sites.values())
-    assert main(["methods"]) == 0
-    assert "toy-fixed" in capsys.readouterr().out
-    # its option belongs to it only
-    assert main(["sparsify", str(model_dir), "--sparsity", "0.3", "--toy-fixed-threshold", "0.1", "--calib", str(VALID)]) == 2
-    assert "option of toy-fixed, not of teal" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- one settings source
-
-
-def test_api_defaults_recipe_keys_and_flags_come_from_the_settings_dataclasses(capsys):
-    from llmsparse.checkpoint.recipe import RECIPE_KINDS
-    from llmsparse.cli import build_parser
-
-    for function, cls in ((llmsparse.prune, llmsparse.PruneSettings), (llmsparse.sparsify_activations, llmsparse.SparsifySettings)):
-        params = inspect.signature(function).parameters
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            assert params[f.name].default == default, f.name
-            assert f.metadata["help"], f.name
-    assert RECIPE_KINDS["prune"].recipe_keys() == tuple(
-        f.name for f in dataclasses.fields(llmsparse.PruneSettings) if f.metadata["recipe"]
-    )
-    assert "device" not in RECIPE_KINDS["prune"].recipe_keys() and "nsamples" in RECIPE_KINDS["prune"].recipe_keys()
-    parser = build_parser()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["prune", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "calibration sequences (default 128)" in text and "tokens per calibration sequence (default 2048)" in text
-    with pytest.raises(SystemExit):
-        parser.parse_args(["sparsify", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "calibration sequences (default 16)" in text and "--wina-mode" in text and "--sparsify-prefill" in text
-
-
-def test_settings_are_type_checked_with_the_key_named():
-    with pytest.raises(SettingsError, match="nsamples must be int"):
-        llmsparse.PruneSettings(nsamples=4.7)
-    with pytest.raises(SettingsError, match="sparsity must be float"):
-        llmsparse.prune(tiny_model("llama"), None, "magnitude", "abc")
-    assert llmsparse.PruneSettings(targets="q_proj").targets == ["q_proj"]  # one regex, not its characters
-
-
-@pytest.mark.parametrize(
-    "call, suggestion",
-    [
-        (lambda: llmsparse.get_method("wandaa"), "wanda"),
-        (lambda: llmsparse.get_format("bitmsk"), "bitmask"),
-        (lambda: llmsparse.activation.get_activation_method("teall"), "teal"),
-        (lambda: llmsparse.PruneSettings(layer_budget="owll"), "owl"),
-        (lambda: llmsparse.SparsifySettings(sparsity=0.5, prefill="al"), "all"),
-        (lambda: llmsparse.get_method("sparsegpt", percdam=0.1), "percdamp"),
-    ],
-)
-def test_unknown_names_get_one_error_type_with_close_matches(call, suggestion):
-    with pytest.raises(UnknownNameError, match=f"did you mean {suggestion}"):
-        call()
-
-
-def test_every_error_the_cli_reports_is_one_line_and_exit_2(model_dir, capsys):
-    assert issubclass(UnknownNameError, LlmsparseError) and issubclass(CheckpointError, LlmsparseError)
-    for argv in (
-        ["prune", str(model_dir), "--method", "wandaa", "--sparsity", "0.5"],
-        ["prune", str(model_dir), "--sparsity", "0.5", "--nsamples", "many"],
-        ["sparsify", str(model_dir), "--sparsity", "0.5", "--sparsify-prefill", "some"],
-    ):
-        with pytest.raises(SystemExit) as exit:
-            main(argv)
-        assert exit.value.code == 2
-        err = capsys.readouterr().err
-        assert err.startswith("llmsparse: error:") and err.count("\n") == 1, err
-
-
-# --------------------------------------------------------------------------- package structure
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    """Modules of the package that ``module`` imports anywhere in its file (lazy imports included)."""
+def _imports(path: Path, module: str, root: str) -> set[str]:
+    """Modules under ``root`` that ``module`` imports anywhere in its file (function-level and TYPE_CHECKING imports included)."""
     base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            root = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module or ""
-            found.update(f"{root}.{a.name}" for a in node.names)
-            found.add(root)
+            source = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module or ""
+            found.update(f"{source}.{a.name}" for a in node.names)
+            found.add(source)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
-    return {name for name in found if name.split(".")[0] == "llmsparse"}
+    return {name for name in found if name.split(".")[0] == root}
 
 
-def _graph() -> dict[str, set[str]]:
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules importing it runs, package ``__init__``s included.
+
+    Importing ``a.b.c`` first runs ``a/__init__`` and ``a/b/__init__``: those are edges too (unless the
+    importer sits inside that package, which is initialised before it). That is how an ``__init__`` that
+    imports all its submodules closes a cycle no module-to-module edge shows.
+    """
+    root = package.name
     modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = ["llmsparse", *path.relative_to(PACKAGE).with_suffix("").parts]
+    for path in package.rglob("*.py"):
+        parts = [root, *path.relative_to(package).with_suffix("").parts]
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph = {}
     for module, path in modules.items():
         targets = set()
-        for name in _imports(path, module):
+        for name in _imports(path, module, root):
             while name and name not in modules:
                 name = name.rpartition(".")[0]
-            # a module's own package (or an ancestor) is initialised before it: not an edge
-            if name and name != module and not module.startswith(name + "."):
-                targets.add(name)
+            parts = name.split(".")
+            for depth in range(2, len(parts) + 1):  # the target and every package above it, the root excepted
+                target = ".".join(parts[:depth])
+                if target != module and not module.startswith(target + "."):
+                    targets.add(target)
         graph[module] = targets
     return graph
 
 
-def test_no_import_cycles_lazy_imports_included():
-    graph, state, cycles = _graph(), {}, []
+def cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every import cycle a depth-first walk meets, as ``a -> b -> a``."""
+    state, found = {}, []
 
     def visit(node, path):
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
+                found.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"
@@ -241,17 +87,110 @@ def test_no_import_cycles_lazy_imports_included():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
-    assert not cycles, cycles
+    return found
 
 
-def test_the_ground_floor_imports_nothing_above_it():
-    graph = _graph()
+def layer_of(module: str) -> tuple[int, str]:
+    """``(layer index, top-level name)`` of a module of the package (the front ``__init__`` is the top)."""
+    top = module.split(".")[1] if "." in module else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if top in names), top
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a higher layer, or of a sibling package of the same layer."""
+    found = []
+    for module, targets in graph.items():
+        level, top = layer_of(module)
+        for target in targets:
+            t_level, t_top = layer_of(target)
+            if t_level > level or (t_level == level and t_top != top):
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_no_import_cycle_at_any_level_package_inits_and_lazy_imports_included():
+    assert not cycles(import_graph(PACKAGE))
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph = import_graph(PACKAGE)
+    assert all(layer_of(m) for m in graph)  # every top-level module and package belongs to a layer
+    assert not upward(graph)
     assert graph["llmsparse.errors"] == set()
-    assert graph["llmsparse.core.layout"] == {"llmsparse.errors"}
-    assert graph["llmsparse.registry"] == {"llmsparse.errors"}
-    assert graph["llmsparse.settings"] == {"llmsparse.errors"}
+    for ground in ("llmsparse.registry", "llmsparse.settings", "llmsparse.version"):
+        assert graph[ground] <= {"llmsparse.errors"}, ground
+
+
+def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
+    package = tmp_path / "llmsparse"
+    for name, text in files.items():
+        path = package / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return package
+
+
+def test_the_checks_find_a_planted_package_init_cycle_and_an_upward_import(tmp_path):
+    """The cycle the flat layout hid: methods/__init__ imports every method, alps imports reconstruct, reconstruct imports methods.base."""
+    package = _plant(
+        tmp_path,
+        {
+            "__init__.py": "from . import methods\n",
+            "errors.py": "",
+            "methods/__init__.py": "from .base import Method\nfrom . import alps\n",
+            "methods/base.py": "class Method: ...\n",
+            "methods/alps.py": "def solve():\n    from ..pruning.reconstruct import pcg  # a lazy import\n",
+            "pruning/__init__.py": "",
+            "pruning/reconstruct.py": "from ..methods.base import Method\n",
+            "core/__init__.py": "",
+            "core/masks.py": "from ..pruning import reconstruct\n",
+        },
+    )
+    graph = import_graph(package)
+    assert "llmsparse.methods" in graph["llmsparse.pruning.reconstruct"]  # importing methods.base runs methods/__init__
+    assert cycles(graph) == ["llmsparse.methods -> llmsparse.methods.alps -> llmsparse.pruning.reconstruct -> llmsparse.methods"]
+    assert "llmsparse.core.masks -> llmsparse.pruning.reconstruct" in upward(graph)
+    assert "llmsparse.methods.alps -> llmsparse.pruning.reconstruct" in upward(graph)
 
 
 def test_no_file_in_the_package_over_350_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
     assert not long, long
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_every_module_imports_on_its_own_in_a_fresh_process():
+    """Each module imported first, in a child forked before anything of llmsparse was imported: no order dependence, no warning.
+
+    The parent imports the third-party libraries once (only llmsparse's own import order is under test), so
+    each child costs llmsparse's import alone."""
+    names = sorted(import_graph(PACKAGE))
+    script = (
+        "import os, sys, importlib, warnings, logging\n"
+        "import torch, transformers, transformers.modeling_utils, accelerate, safetensors, tqdm, yaml  # shared by the children\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    r, w = os.pipe()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.dup2(w, 2)\n"
+        "        try:\n"
+        "            importlib.import_module(name)\n"
+        "        except BaseException as err:\n"
+        "            print(repr(err), file=sys.stderr)\n"
+        "            os._exit(1)\n"
+        "        sys.stderr.flush()\n"
+        "        os._exit(0)\n"
+        "    os.close(w)\n"
+        "    err = os.read(r, 1 << 16).decode()\n"
+        "    os.close(r)\n"
+        "    _, status = os.waitpid(pid, 0)\n"
+        "    if status or 'llmsparse' in err:\n"
+        "        failed.append(f'{name}: {err.strip()[-300:]}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]

@@ -5,7 +5,7 @@ import torch
 from conftest import ARCHS, tiny_model
 
 import llmsparse
-from llmsparse.core import engine
+from llmsparse.core import forward
 from llmsparse.core.layout import find_layers, get_weight, matrix_modules
 from llmsparse.core.stats import InputNorms
 from llmsparse.errors import ModelError
@@ -63,11 +63,11 @@ def test_captured_layer_inputs_reproduce_the_model(arch, calib_ids):
     """Every layer run with its own recorded arguments gives the model's hidden states (sliding + global layers)."""
     model = tiny_model(arch)
     layout = find_layers(model)
-    hidden, calls = engine.capture_inputs(layout, calib_ids[:2], torch.device("cpu"), torch.float32)
+    hidden, calls = forward.capture_inputs(layout, calib_ids[:2], torch.device("cpu"), torch.float32)
     with torch.no_grad():
         reference = model(calib_ids[:2], output_hidden_states=True).hidden_states
     for i, layer in enumerate(layout.layers[:-1]):
-        hidden = [engine.forward_layer(layer, h, calls[i], torch.device("cpu")) for h in hidden]
+        hidden = [forward.forward_layer(layer, h, calls[i], torch.device("cpu")) for h in hidden]
         torch.testing.assert_close(torch.cat(hidden), reference[i + 1], rtol=1e-5, atol=1e-5)
 
 
@@ -91,15 +91,15 @@ def test_wanda_in_the_engine_uses_the_layer_inputs(calib_ids):
 def test_shared_inputs_share_statistics(calib_ids):
     model = tiny_model("llama")
     layout = find_layers(model)
-    hidden, calls = engine.capture_inputs(layout, calib_ids, torch.device("cpu"), torch.float32)
+    hidden, calls = forward.capture_inputs(layout, calib_ids, torch.device("cpu"), torch.float32)
     layer = layout.layers[0]
     matrices = matrix_modules(layer, "l0")
-    stats = engine.collect_stats(layer, matrices, hidden, calls[0], torch.device("cpu"), lambda c, d: InputNorms(c, d))
+    stats = forward.collect_stats(layer, matrices, hidden, calls[0], torch.device("cpu"), lambda c, d: InputNorms(c, d))
     assert stats["l0.self_attn.q_proj"] is stats["l0.self_attn.k_proj"] is stats["l0.self_attn.v_proj"]
     assert stats["l0.mlp.gate_proj"] is stats["l0.mlp.up_proj"]
     assert stats["l0.self_attn.q_proj"] is not stats["l0.mlp.gate_proj"]
     assert stats["l0.mlp.down_proj"].sequences == len(calib_ids)
-    groups = engine.input_groups(layer, matrices, hidden[0], calls[0], torch.device("cpu"))
+    groups = forward.input_groups(layer, matrices, hidden[0], calls[0], torch.device("cpu"))
     assert [len(g) for g in groups] == [3, 1, 2, 1]
 
 

@@ -48,7 +48,7 @@ def test_fixed_mask_solvers_reach_the_least_squares_solution(solver, iters, dens
     H = X.t() @ X
     G = X.t() @ (X + 0.05 * torch.randn_like(X)) if dense_target else None
     ref = closed_form(W, keep, H, G, 0.01)
-    got = solve(W, W * keep, keep, H, G, solver, iters, damp=0.01, polish=100, dtype=torch.float64)
+    got = solve(problem(W, keep, H, G, 0.01, torch.float64), W * keep, solver, iters, polish=100)
     assert torch.equal(got == 0, ~keep | (got == 0)) and (got[~keep] == 0).all()
     assert torch.allclose(got.double(), ref, atol=1e-4, rtol=1e-4), (got.double() - ref).abs().max()
 
@@ -61,7 +61,7 @@ def test_solvers_never_raise_the_objective_from_their_warm_start(solver):
         p = problem(W.float(), keep, H, None, 0.01)
         for start in (W.float() * keep, torch.zeros_like(W.float()), 3 * W.float() * keep):
             for iters in (1, 2, 5):
-                got = solve(W.float(), start, keep, H, None, solver, iters, damp=0.01)
+                got = solve(problem(W.float(), keep, H, None, 0.01), start, solver, iters)
                 scaled = lambda w, p=p: w * p.n.unsqueeze(0)  # noqa: E731
                 before = p.objective(scaled(start * keep))
                 assert (p.objective(scaled(got)) <= before + 1e-6 * before.abs()).all()  # float32 rounding only

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core import cpu, engine
 from ..core.checks import check_inputs, check_weights
+from ..core.forward import forward_layer
 from ..core.layout import find_layers, resolve_device
 from ..data.calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..errors import SettingsError, SparsityError
@@ -96,7 +97,7 @@ def capture(layer: nn.Module, block: Block, hidden, call, device, need_act: bool
     try:
         for h in hidden:
             seen.clear()
-            engine.forward_layer(layer, h, call, device)
+            forward_layer(layer, h, call, device)
     finally:
         for handle in handles:
             handle.remove()
@@ -113,12 +114,12 @@ def capture(layer: nn.Module, block: Block, hidden, call, device, need_act: bool
 def _greedy(model, layer, block, method, prepared, hidden, call, device, s: SparsifySettings, path) -> dict[str, float]:
     """TEAL's greedy search for one block: the error is :func:`block_error` of the block output against dense."""
     subset = hidden[: s.greedy_samples]
-    dense = [engine.forward_layer(layer, h, call, device) for h in subset]
+    dense = [forward_layer(layer, h, call, device) for h in subset]
     weights = {role: w for role, w in block.weights().items() if role in method.roles(block)}
 
     def error(sparsities: dict[str, float]) -> float:
         with patched(model, method.sites(block, prepared, sparsities)):
-            return sum(block_error(engine.forward_layer(layer, h, call, device), d, s.greedy_error) for h, d in zip(subset, dense))
+            return sum(block_error(forward_layer(layer, h, call, device), d, s.greedy_error) for h, d in zip(subset, dense))
 
     return greedy_allocation(weights, s.sparsity, error, s.greedy_step, path=path)
 
@@ -143,7 +144,25 @@ def check_request(settings: SparsifySettings) -> ActivationMethod:
 
 
 @api(SparsifySettings)
-def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings = None) -> ActivationReport:
+def sparsify_activations(
+    model: nn.Module,
+    tokenizer=None,
+    *,
+    method: str = "teal",
+    sparsity: float | None = None,
+    calib: str | os.PathLike | torch.Tensor | None = None,
+    nsamples: int = 16,
+    seqlen: int = 512,
+    seed: int = 0,
+    allocation: str | list[dict] = "uniform",
+    prefill: str = "all",
+    method_options: dict | None = None,
+    device: str | torch.device | None = None,
+    text_field: str = "text",
+    greedy_step: float = 0.05,
+    greedy_samples: int = 4,
+    greedy_error: str = "relative",
+) -> ActivationReport:
     """Calibrate ``method`` (``teal``, ``wina``, ``chess``) for ``sparsity`` and attach it to ``model``.
 
     The model's weights are not changed: its forward zeroes activations from now on (call
@@ -155,6 +174,7 @@ def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings =
     :func:`llmsparse.activation.greedy.block_error`). ``allocation`` may also be one ``{role: sparsity}``
     dict per layer. Everything is checked before any calibration work.
     """
+    s = SparsifySettings.of(locals())
     start = time.perf_counter()
     act_method = check_request(s)
     check_weights(model)  # NaN/inf weights would give NaN thresholds without a word
@@ -196,15 +216,13 @@ def sparsify_activations(model: nn.Module, tokenizer=None, s: SparsifySettings =
         what = f"{act_method.name} with {allocation} allocation"
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, what)
         layout = find_layers(model)
-        dtype = cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device)
-
-        def visit(i, layer, hidden, call, masters):
-            block = blocks[i]
-            captured = capture(layer, block, hidden, call, device, act_method.needs_act)
-            check_inputs(f"layer {i}", {**captured.inputs, "activation": captured.act, "up mean": captured.up_abs_mean})
-            build(block, act_method.prepare(block, captured), layer, hidden, call)
-
-        engine.walk_layers(layout, ids, device, dtype, visit, f"{act_method.name} calibration")
+        run = engine.Run(layout, device, cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device))
+        with engine.LayerWalk(run, ids, key="sparsify", desc=f"{act_method.name} calibration") as walk:
+            for visit in walk:
+                block = blocks[visit.index]
+                captured = capture(visit.layer, block, visit.hidden, visit.call, device, act_method.needs_act)
+                check_inputs(f"layer {visit.index}", {**captured.inputs, "activation": captured.act, "up mean": captured.up_abs_mean})
+                build(block, act_method.prepare(block, captured), visit.layer, visit.hidden, visit.call)
     else:
         for block in tqdm(blocks, desc=f"{act_method.name} sites", leave=False):
             build(block, act_method.prepare(block, None), None, None, None)

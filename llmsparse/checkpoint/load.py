@@ -79,7 +79,15 @@ class LoadSettings(Settings):
 
 
 @api(LoadSettings)
-def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
+def load_model(
+    path_or_id: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    runtime: str = "dense",
+    load_in: str | None = None,
+):
     """Load ``(model, tokenizer)`` from a Hub id, a local HF directory, a ``.gguf`` file or ``gemma-3-270m``.
 
     GGUF files are dequantized once and cached as float32 safetensors, so later loads take
@@ -90,9 +98,9 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
     (:class:`llmsparse.core.bnb.BnbSparsity` in ``model.llmsparse_bnb_sparsity``); a checkpoint saved quantized
     (``llmsparse sparsify --load-in``) loads quantized again, without ``load_in``.
     """
+    s = LoadSettings.of(locals())
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    dtype, trust_remote_code, revision = s.dtype, s.trust_remote_code, s.revision
     if s.load_in:
         bnb.require()
         if s.runtime != "dense":

@@ -1,6 +1,6 @@
 """YAML recipes: the arguments of :func:`llmsparse.prune` or :func:`llmsparse.sparsify_activations` written down, so a run can be repeated.
 
-A recipe of a kind holds the recipe keys of that kind's settings (:class:`~llmsparse.pruning.api.PruneSettings`
+A recipe of a kind holds the recipe keys of that kind's settings (:class:`~llmsparse.checkpoint.jobs.PruneJob`
 for ``prune``, :class:`~llmsparse.activation.SparsifySettings` for ``sparsify``): every field not
 marked ``recipe=False``. ``llmsparse.prune(model, tok, **load_recipe(path))`` runs a prune recipe,
 ``llmsparse.sparsify_activations(model, tok, **load_recipe(path, "sparsify"))`` a sparsify one.
@@ -17,11 +17,11 @@ import yaml
 
 from ..activation.calibrate import SparsifySettings
 from ..errors import LlmsparseError, RecipeError, check_choice
-from ..pruning.api import PruneSettings
 from ..settings import Settings, check_values
+from .jobs import PruneJob
 
 #: Recipe kinds: the command (and Python function) that runs them, and their settings.
-RECIPE_KINDS: dict[str, type[Settings]] = {"prune": PruneSettings, "sparsify": SparsifySettings}
+RECIPE_KINDS: dict[str, type[Settings]] = {"prune": PruneJob, "sparsify": SparsifySettings}
 
 
 def recipe_keys(kind: str) -> tuple[str, ...]:

@@ -1,18 +1,20 @@
-"""``llmsparse prune``: one-shot, layer-by-layer pruning (flags from :class:`~llmsparse.pruning.api.PruneSettings`)."""
+"""``llmsparse prune``: one-shot, layer-by-layer pruning (flags from :class:`~llmsparse.checkpoint.jobs.PruneJob`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..checkpoint.jobs import PruneJob
+from ..checkpoint.layerstore import checkpoint_dir
 from ..checkpoint.recipe import load_recipe
-from ..checkpoint.stream import checkpoint_dir, prune_checkpoint
+from ..checkpoint.stream import prune_checkpoint
 from ..core.cpu import parse_dtype
 from ..core.memory import check_fits
 from ..data.calibration import check_calib
 from ..errors import SettingsError
 from ..formats import shard_files
 from ..methods import METHODS
-from ..pruning.api import PruneSettings, calibration_needs, check_request, prune
+from ..pruning.api import calibration_needs, check_request, prune
 from . import finish as tail
 from . import flags, preflight
 
@@ -24,14 +26,14 @@ def add(parser: argparse.ArgumentParser) -> None:
     seen: set[str] = {"runtime", "load_in"}  # no --runtime or --load-in: pruning edits dense weights
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with prune() arguments; flags given on the command line override it")
-    flags.add_settings(parser, PruneSettings, seen, "pruning")
+    flags.add_settings(parser, PruneJob, seen, "pruning")
     flags.add_settings(parser, tail.OutputSettings, seen, "output")
     flags.add_settings(parser, tail.PplCheck, seen, "perplexity before and after")
     flags.add_option_flags(parser, METHODS, "method options (defaults follow the papers)")
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = flags.settings_from(PruneSettings, args, load_recipe(args.recipe, "prune") if args.recipe else None, METHODS)
+    settings = flags.settings_from(PruneJob, args, load_recipe(args.recipe, "prune") if args.recipe else None, METHODS)
     # everything that can be checked before the (slow) model load
     method, _, pattern = check_request(settings)
     needs = calibration_needs(method, settings)
@@ -45,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
         check_fits(shard_files(directory), parse_dtype(args.dtype))
     with tail.claimed_output(args, settings, pattern) as out:
         model, tokenizer = flags.load(args)
-        return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings)), settings, "report")
+        return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings.pruning())), settings, "report")
 
 
-def _stream(args: argparse.Namespace, settings: PruneSettings, pattern, calibrated: bool) -> int:
+def _stream(args: argparse.Namespace, settings: PruneJob, pattern, calibrated: bool) -> int:
     """``--stream``: the checkpoint is pruned one decoder layer at a time straight into ``--output``."""
     if not settings.stream:
         raise SettingsError("--resume continues an interrupted --stream run: give --stream as well")
@@ -59,7 +61,7 @@ def _stream(args: argparse.Namespace, settings: PruneSettings, pattern, calibrat
     directory = preflight.model_dir(str(checkpoint_dir(args.model)), bool(args.trust_remote_code))
     preflight.check_shapes(directory, settings, pattern, calibrated, bool(args.trust_remote_code))
     with tail.claimed_output(args, settings, pattern) as out:
-        report = prune_checkpoint(args.model, out.output, out.format, out.overwrite, args.dtype, **vars(settings))
+        report = prune_checkpoint(args.model, out.output, format=out.format, overwrite=out.overwrite, dtype=args.dtype, **vars(settings.streaming()))
         print(report.table() if args.verbose else report.summary())
         tail.saved_summary(out, report, out.output)
     return 0

@@ -1,256 +1,36 @@
-"""The layer-sequential engine shared by every calibration-driven pruner.
+"""The layer-sequential engine shared by every calibration-driven pass (pruning, OWL budgets, activation calibration).
 
-1. Run the model up to its first decoder layer and keep that layer's input for every
-   calibration sequence; record the positional and keyword arguments *each* layer receives
-   (attention masks and rotary embeddings differ between sliding and global layers in Gemma).
-2. For each layer in turn, on the compute device: hooks feed the inputs of its matrices to
-   statistics (stopping the forward once every hooked matrix has seen its input), the caller
-   changes the layer (:mod:`llmsparse.pruning.layerwise` prunes it), and the changed layer is re-run so its
-   outputs feed the next layer. Optionally a second, dense stream of hidden states runs alongside.
+A pass walks the decoder one layer at a time: the calibration sequences' hidden states enter
+layer 0 (captured by :func:`~llmsparse.core.forward.capture_inputs`), the pass works on the layer
+while it sits on the compute device, and the (possibly changed) layer is re-run so that its outputs
+feed the next layer. The walk is one loop in the caller::
 
+    with LayerWalk(run, input_ids, key="prune", desc="wanda layers", changes=True) as walk:
+        for visit in walk:
+            visit.result = work_on(visit)      # visit.stats(...), visit.master(module), ...
+    results = walk.results
+
+:class:`Run` holds a run's fixed facts (layout, device, dtype of the forwards, layer store);
+:class:`LayerVisit` is what the loop body sees of one layer. Optionally a second, dense stream of
+hidden states runs alongside (the dense model's inputs of every layer, before the pass changes it).
 Only one decoder layer is on the compute device at a time; the activations stay on CPU.
+The :class:`Resident` store keeps layers in memory; streamed checkpoints and accelerate offload
+provide their own stores (they load each layer when visited and save it when changed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import CalibrationError
-from .layout import DecoderLayout, get_weight
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass early."""
-
-
-@dataclass
-class LayerCall:
-    args: tuple
-    kwargs: dict
-
-
-def _to(obj, device: torch.device, dtype: torch.dtype):
-    """Move tensors in nested args to ``device``, casting floating tensors to ``dtype``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, dtype) if obj.is_floating_point() else obj.to(device)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(o, device, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
-    return obj
-
-
-def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
-    if args:
-        return args[0], args[1:], kwargs
-    kwargs = dict(kwargs)
-    return kwargs.pop("hidden_states"), (), kwargs
-
-
-@contextmanager
-def _on_device(modules: list[nn.Module], device: torch.device, dtype: torch.dtype | None = None):
-    """Temporarily move the *direct* parameters and buffers of ``modules``, casting floats to ``dtype``.
-
-    Yields ``{id(parameter): original tensor}`` so callers can update the original (master) weights.
-    """
-    saved = {}
-    for module in modules:
-        for store in (module._parameters, module._buffers):
-            for tensor in store.values():
-                if tensor is None:
-                    continue
-                cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-                data = tensor.data
-                moved = data.to(device, cast)
-                if moved is not data:
-                    saved[id(tensor)] = (tensor, data)
-                    tensor.data = moved
-    try:
-        yield {key: data for key, (_, data) in saved.items()}
-    finally:
-        for tensor, original in saved.values():
-            tensor.data = original
-
-
-def _outside_layers(layout: DecoderLayout) -> list[nn.Module]:
-    inside = {id(m) for m in layout.layers.modules()}
-    return [m for m in layout.base.modules() if id(m) not in inside]
-
-
-@torch.no_grad()
-def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype):
-    """Inputs of the first layer per sequence (on CPU) and every layer's call arguments (on ``device``)."""
-    first = layout.layers[0]
-    hidden: list[torch.Tensor] = []
-    calls: list[LayerCall] = []
-
-    def catch_first(module, args, kwargs):
-        h, rest, kw = _split_hidden(args, kwargs)
-        hidden.append(h.to("cpu", dtype))
-        if not calls:
-            calls.append(LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
-        raise _Stop
-
-    with _on_device(_outside_layers(layout), device):
-        handle = first.register_forward_pre_hook(catch_first, with_kwargs=True)
-        try:
-            for ids in tqdm(input_ids, desc="calibration inputs", leave=False):
-                try:
-                    layout.base(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
-        calls.extend(_record_later_calls(layout, input_ids[0], device, dtype, hidden[0], calls[0]))
-    return hidden, calls
-
-
-def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[LayerCall]:
-    """Arguments of layers 1..L-1, recorded by one forward where each layer is replaced by a pass-through."""
-    layers = layout.layers
-    with _on_device(list(layers[0].modules()), device, dtype):
-        returns_tuple = isinstance(layers[0](hidden0.to(device), *call0.args, **call0.kwargs), tuple)
-    calls: list[LayerCall] = []
-
-    def stub_for(index):
-        def stub(*args, **kwargs):
-            h, rest, kw = _split_hidden(args, kwargs)
-            if index > 0:
-                calls.append(LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
-            if index == len(layers) - 1:
-                raise _Stop
-            return (h,) if returns_tuple else h
-
-        return stub
-
-    originals = [layer.__dict__.get("forward") for layer in layers]
-    try:
-        for i, layer in enumerate(layers):
-            layer.forward = stub_for(i)
-        try:
-            layout.base(input_ids=ids.unsqueeze(0).to(device), use_cache=False)
-        except _Stop:
-            pass
-    finally:
-        for layer, original in zip(layers, originals):
-            if original is None:
-                del layer.forward
-            else:
-                layer.forward = original
-    if len(calls) != len(layers) - 1:
-        raise CalibrationError(f"expected calls to {len(layers) - 1} later layers, saw {len(calls)}")
-    return calls
-
-
-def forward_layer(layer: nn.Module, h: torch.Tensor, call: LayerCall, device: torch.device) -> torch.Tensor:
-    """One decoder layer's output hidden states for input ``h`` with its recorded call arguments."""
-    out = layer(h.to(device), *call.args, **call.kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _hooked_forward(layer, matrices: dict[str, nn.Module], hook_for: Callable, h, call, device) -> None:
-    """One forward of ``layer`` with ``hook_for(name)`` as each matrix's pre-hook; a hook raises ``_Stop`` to end it early."""
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
-    try:
-        forward_layer(layer, h, call, device)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@torch.no_grad()
-def matrix_inputs(layer, matrices: dict[str, nn.Module], h: torch.Tensor, call: LayerCall, device) -> dict[str, torch.Tensor]:
-    """The input each matrix reads when ``layer`` runs on ``h`` (the forward stops once all have been seen)."""
-    inputs: dict[str, torch.Tensor] = {}
-
-    def hook_for(name):
-        def hook(module, args):
-            inputs[name] = args[0]
-            if len(inputs) == len(matrices):
-                raise _Stop
-
-        return hook
-
-    _hooked_forward(layer, matrices, hook_for, h, call, device)
-    return inputs
-
-
-@torch.no_grad()
-def collect_stats(
-    layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable, dense: Callable[[int], dict] | None = None
-) -> dict:
-    """Feed each matrix's input through its stats object for all sequences; shared inputs share stats.
-
-    A forward ends as soon as every matrix in ``matrices`` has seen its input, so the rest of the
-    layer is not computed. With ``dense`` (sequence index -> each matrix's input on the dense
-    model's stream, see :func:`matrix_inputs`), each update also gets that input: ``update(x, x_dense)``.
-    """
-    stats: dict[str, object] = {}
-    seen: list[tuple[torch.Tensor, object]] = []  # (input tensor, stats) of the current forward
-    done: set[str] = set()
-    dense_inputs: dict[str, torch.Tensor] = {}
-
-    def hook_for(name):
-        def hook(module, inputs):
-            x = inputs[0]
-            if name not in stats:  # first forward: share stats with a matrix that read this very tensor
-                stats[name] = next((s for t, s in seen if t is x), None) or new_stats(x.shape[-1], x.device)
-            if not any(s is stats[name] for _, s in seen):
-                stats[name].update(x, dense_inputs[name]) if dense is not None else stats[name].update(x)
-                seen.append((x, stats[name]))
-            done.add(name)
-            if len(done) == len(matrices):
-                raise _Stop
-
-        return hook
-
-    for j, h in enumerate(hidden):
-        if dense is not None:
-            dense_inputs = dense(j)
-        seen.clear()
-        done.clear()
-        _hooked_forward(layer, matrices, hook_for, h, call, device)
-    missing = sorted(set(matrices) - set(stats))
-    if missing:
-        raise CalibrationError(f"no calibration input reached {', '.join(missing)}")
-    return stats
-
-
-@torch.no_grad()
-def input_groups(layer, matrices: dict[str, nn.Module], h, call, device) -> list[list[str]]:
-    """Matrices grouped by the tensor they read, in execution order ([q,k,v], [o], [gate,up], [down])."""
-    order: list[tuple[torch.Tensor, list[str]]] = []
-
-    def hook_for(name):
-        def hook(module, inputs):
-            group = next((g for t, g in order if t is inputs[0]), None)
-            if group is None:
-                order.append((inputs[0], [name]))
-            elif name not in group:
-                group.append(name)
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in matrices.items()]
-    try:
-        forward_layer(layer, h, call, device)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [g for _, g in order]
-
-
-def master_weight(module: nn.Module, masters: dict) -> torch.Tensor:
-    """The stored ``[out, in]`` weight of ``module`` while :func:`_on_device` holds a compute copy."""
-    return get_weight(module, masters.get(id(module.weight), module.weight.data))
+from . import forward
+from .layout import DecoderLayout
 
 
 class Resident:
@@ -281,55 +61,103 @@ class Resident:
         """Layer ``index`` of pass ``key`` is finished: ``hidden``/``dense`` are the next layer's inputs."""
 
 
-@torch.no_grad()
-def walk_layers(
-    layout: DecoderLayout,
-    input_ids: torch.Tensor | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    visit: Callable,
-    desc: str,
-    dense_stream: bool = False,
-    store: Resident | None = None,
-    key: str = "walk",
-    changes: bool = False,
-) -> list:
-    """Run the calibration sequences through the decoder one layer at a time, calling ``visit`` on each; returns its results.
+@dataclass
+class Run:
+    """The fixed facts of one run over a model's decoder: where layers are computed, in which dtype, and who holds them."""
 
-    ``visit(i, layer, hidden, call, masters)`` runs while layer ``i`` sits on ``device`` (``masters``
-    maps its parameters to their stored tensors); then the (possibly changed) layer's outputs
-    become the next layer's inputs. With ``dense_stream`` a second stream of hidden states runs
-    through the layers *before* ``visit`` changes them (the dense model's inputs of every layer,
-    twice the activation memory) and ``visit`` also gets ``dense=`` those inputs. Without
-    ``input_ids`` nothing runs through the layers and ``visit`` gets ``None`` inputs. ``store``
-    (default: :class:`Resident`) loads each layer and records the pass ``key``'s progress;
-    ``changes`` says that ``visit`` edits the layers.
+    layout: DecoderLayout
+    device: torch.device
+    dtype: torch.dtype  # dtype of the calibration forwards (statistics and pruning math are float32 regardless)
+    store: Resident = field(default_factory=Resident)
+
+
+@dataclass
+class LayerVisit:
+    """Layer ``index`` while a :class:`LayerWalk` holds it on the compute device.
+
+    ``hidden`` are its inputs (one ``[1, seq, hidden]`` tensor per calibration sequence; None when the
+    walk has no calibration data), ``call`` its recorded call arguments, ``dense`` the dense stream's
+    inputs when the walk runs one. The loop body sets :attr:`result` (kept per layer, and by a
+    resumable store across runs).
     """
-    store = store or Resident()
-    layers = layout.layers
-    start, saved, results = store.resume(key)
-    if start == len(layers):
-        return results
-    hidden = calls = dense = None
-    if input_ids is not None:
-        with store.outside(), store.layer(0, changed=False):
-            hidden, calls = capture_inputs(layout, input_ids, device, dtype)
-        dense = list(hidden) if dense_stream else None
+
+    run: Run
+    index: int
+    layer: nn.Module
+    hidden: list[torch.Tensor] | None
+    call: forward.LayerCall | None
+    masters: dict
+    dense: list[torch.Tensor] | None = None
+    result: Any = None
+
+    def master(self, module: nn.Module) -> torch.Tensor:
+        """The stored ``[out, in]`` weight of a matrix of this layer (its compute copy is on the device)."""
+        return forward.master_weight(module, self.masters)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The layer's output for input ``h``."""
+        return forward.forward_layer(self.layer, h, self.call, self.run.device)
+
+    def stats(self, matrices: dict[str, nn.Module], new_stats: Callable, dense: Callable[[int], dict] | None = None) -> dict:
+        """Each matrix's statistics over every calibration sequence (matrices reading one tensor share them)."""
+        return forward.collect_stats(self.layer, matrices, self.hidden, self.call, self.run.device, new_stats, dense)
+
+    def groups(self, matrices: dict[str, nn.Module]) -> list[list[str]]:
+        """``matrices`` grouped by the tensor they read, in execution order ([q,k,v], [o], [gate,up], [down])."""
+        return forward.input_groups(self.layer, matrices, self.hidden[0], self.call, self.run.device)
+
+
+class LayerWalk:
+    """One pass of the calibration sequences through the decoder, a layer at a time (see the module docstring).
+
+    ``input_ids`` None: nothing runs through the layers and each visit has ``hidden=None`` (passes
+    that work from the weights alone). ``key`` names the pass for a resumable store; ``changes``
+    says the loop body edits the layers (a store that does not keep them must save them);
+    ``dense_stream`` runs the dense model's hidden states alongside (twice the activation memory).
+    Use it as a context manager so a layer's weights go back to their store even when the body raises.
+    """
+
+    def __init__(self, run: Run, input_ids: torch.Tensor | None, key: str, desc: str, changes: bool = False, dense_stream: bool = False):
+        self.run, self.input_ids, self.key, self.desc = run, input_ids, key, desc
+        self.changes, self.dense_stream = changes, dense_stream
+        self.results: list = []
+        self._held = ExitStack()
+
+    def __enter__(self) -> LayerWalk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.__exit__(*exc)  # the layer being visited goes back to its store, told of the exception (a store then saves nothing)
+
+    def _inputs(self, start: int, saved) -> tuple[list | None, list | None, list | None]:
+        """``(hidden, calls, dense)`` for layer ``start``: captured from the model, or the resumed run's saved ones."""
+        if self.input_ids is None:
+            return None, None, None
+        run = self.run
+        with run.store.outside(), run.store.layer(0, changed=False):
+            hidden, calls = forward.capture_inputs(run.layout, self.input_ids, run.device, run.dtype)
+        dense = list(hidden) if self.dense_stream else None
         if saved is not None:
             hidden, dense = saved
-    for i in tqdm(range(start, len(layers)), desc=desc, initial=start, total=len(layers)):
-        last = i + 1 == len(layers)
-        with store.layer(i, changed=changes), _on_device(list(layers[i].modules()), device, dtype) as masters:
-            if hidden is None:
-                result = visit(i, layers[i], None, None, masters)
-            elif dense is None:
-                result = visit(i, layers[i], hidden, calls[i], masters)
-            else:
-                dense_next = None if last else [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in dense]
-                result = visit(i, layers[i], hidden, calls[i], masters, dense=dense)
+        return hidden, calls, dense
+
+    def __iter__(self) -> Iterator[LayerVisit]:
+        run, layers = self.run, self.run.layout.layers
+        start, saved, self.results = run.store.resume(self.key)
+        if start == len(layers):
+            return
+        hidden, calls, dense = self._inputs(start, saved)
+        for i in tqdm(range(start, len(layers)), desc=self.desc, initial=start, total=len(layers)):
+            last = i + 1 == len(layers)
+            with ExitStack() as held:
+                self._held = held
+                held.enter_context(run.store.layer(i, changed=self.changes))
+                masters = held.enter_context(forward.on_device(list(layers[i].modules()), run.device, run.dtype))
+                visit = LayerVisit(run, i, layers[i], hidden, None if calls is None else calls[i], masters, dense)
+                dense_next = None if dense is None or last else [visit.forward(h).to("cpu") for h in dense]
+                yield visit
+                if hidden is not None and not last:
+                    hidden = [visit.forward(h).to("cpu") for h in hidden]
                 dense = dense_next
-            if hidden is not None and not last:
-                hidden = [forward_layer(layers[i], h, calls[i], device).to("cpu") for h in hidden]
-        results.append(result)
-        store.done(key, i, hidden, dense, result)
-    return results
+            self.results.append(visit.result)
+            run.store.done(self.key, i, hidden, dense, visit.result)

@@ -107,26 +107,13 @@ def admm(p: Problem, start: torch.Tensor, iters: int, rho: float = 1.0) -> torch
     return Z
 
 
-def solve(
-    weight: torch.Tensor,
-    start: torch.Tensor,
-    keep: torch.Tensor,
-    H: torch.Tensor,
-    G: torch.Tensor | None = None,
-    solver: str = "pcg",
-    iters: int = 30,
-    damp: float = 0.01,
-    polish: int = 10,
-    dtype=torch.float32,
-) -> torch.Tensor:
-    """Weights on the mask ``keep`` that minimise the layer objective (float32, zero off the mask).
+def solve(p: Problem, start: torch.Tensor, solver: str = "pcg", iters: int = 30, polish: int = 10) -> torch.Tensor:
+    """Weights on the mask of :func:`problem` ``p`` that minimise the layer objective (float32, zero off the mask).
 
-    ``weight`` is the dense matrix whose outputs are the target, ``start`` the method's pruned
-    weights (the warm start); ``iters`` are the solver's iterations (for ADMM, followed by
-    ``polish`` PCG steps). No row ends with a higher objective than its warm start.
+    ``start`` is the method's pruned weights (the warm start, unscaled); ``iters`` are the solver's
+    iterations (for ADMM, followed by ``polish`` PCG steps). No row ends with a higher objective than its warm start.
     """
-    p = problem(weight, keep, H, G, damp, dtype)
-    x0 = start.to(dtype) * p.n.unsqueeze(0) * p.keep
+    x0 = start.to(p.A.dtype) * p.n.unsqueeze(0) * p.keep
     before = p.objective(x0)
     if solver == "admm":
         z = admm(p, x0, iters)

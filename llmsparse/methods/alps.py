@@ -19,7 +19,7 @@ stopping test are not reproduced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +28,7 @@ from ..core.hessian import reconstruction_error
 from ..core.masks import Pattern
 from ..core.solvers import Problem, pcg
 from ..core.stats import Hessian
+from ..settings import Settings, at_least, greater_than, setting
 from .base import Method, PruneResult, register
 
 
@@ -96,11 +97,11 @@ def alps_prune(
 
 
 @dataclass
-class ALPSConfig:
-    rho0: float = field(default=0.1, metadata={"help": "initial ADMM penalty (grows on the schedule)"})
-    max_iter: int = field(default=300, metadata={"help": "most ADMM iterations"})
-    pcg_iters: int = field(default=10, metadata={"help": "conjugate-gradient steps on the final support"})
-    lambda2: float = field(default=0.01, metadata={"help": "ridge toward the dense weights, times mean(diag H)"})
+class ALPSConfig(Settings):
+    rho0: float = setting(0.1, "initial ADMM penalty (grows on the schedule)", check=greater_than(0))
+    max_iter: int = setting(300, "most ADMM iterations", check=at_least(1))
+    pcg_iters: int = setting(10, "conjugate-gradient steps on the final support", check=at_least(0))
+    lambda2: float = setting(0.01, "ridge toward the dense weights, times mean(diag H)", check=at_least(0))
 
 
 @register

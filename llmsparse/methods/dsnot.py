@@ -12,7 +12,7 @@ swap would flip the sign of ``e_i``; so every swap strictly lowers ``|e_i|`` and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +20,7 @@ from ..core import masks
 from ..core.masks import Pattern
 from ..core.stats import InputMoments
 from ..errors import UnknownNameError
+from ..settings import Settings, at_least, finite, regex, setting
 from .base import Method, PruneResult, get_method, register
 from .wanda import wanda_scores
 
@@ -106,21 +107,14 @@ class DSnoTStats:
 
 
 @dataclass
-class DSnoTConfig:
-    init: str = field(
-        default="wanda",
-        metadata={
-            "help": "method whose saliency score gives the initial per-row mask (wanda, sparsegpt, magnitude); no weight update",
-            "alias": "--init",
-        },
+class DSnoTConfig(Settings):
+    init: str = setting(
+        "wanda", "method whose saliency score gives the initial per-row mask (wanda, sparsegpt, magnitude); no weight update", alias="--init"
     )
-    max_cycle_time: int = field(default=50, metadata={"help": "most swap cycles per matrix"})
-    update_threshold: float = field(default=0.1, metadata={"help": "a row stops swapping once its |expected error| is at most this"})
-    pow_of_var_regrowing: float = field(default=1.0, metadata={"help": "regrowth ranks D_ij / var_j**pow"})
-    skip: str = field(
-        default="",
-        metadata={"help": "regex of matrix names that keep the initial mask unrefined (the reference's default is 'mlp': attention only)"},
-    )
+    max_cycle_time: int = setting(50, "most swap cycles per matrix", check=at_least(0))
+    update_threshold: float = setting(0.1, "a row stops swapping once its |expected error| is at most this", check=at_least(0))
+    pow_of_var_regrowing: float = setting(1.0, "regrowth ranks D_ij / var_j**pow", check=finite)
+    skip: str = setting("", "regex of matrix names that keep the initial mask unrefined (the reference's default is 'mlp': attention only)", check=regex)
 
 
 @register

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..core import masks
 from ..core.masks import Pattern
-from ..errors import check_choice
+from ..settings import Settings, setting
 from .base import Method, PruneResult, register
 
 
@@ -18,14 +18,10 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern, per_
 
 
 @dataclass
-class MagnitudeConfig:
-    scope: str = field(
-        default="matrix",
-        metadata={"help": "'matrix': one threshold over the whole matrix (the Wanda paper's baseline); 'row': per output row"},
+class MagnitudeConfig(Settings):
+    scope: str = setting(
+        "matrix", "'matrix': one threshold over the whole matrix (the Wanda paper's baseline); 'row': per output row", choices=("matrix", "row")
     )
-
-    def __post_init__(self):
-        check_choice("magnitude scope", self.scope, ("matrix", "row"))
 
 
 @register

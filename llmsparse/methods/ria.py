@@ -15,14 +15,15 @@ optional linear-assignment refinement of the deal is not implemented.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..core import masks
 from ..core.masks import Pattern
 from ..core.stats import InputNorms
-from ..errors import SparsityError, check_choice
+from ..errors import SparsityError
+from ..settings import Settings, at_least, setting
 from .base import Method, PruneResult, register
 
 
@@ -57,15 +58,10 @@ def reallocated_mask(scores: torch.Tensor, pattern: Pattern) -> tuple[torch.Tens
 
 
 @dataclass
-class RIAConfig:
-    a: float = field(default=0.5, metadata={"help": "exponent of the activation norm"})
-    scope: str = field(default="matrix", metadata={"help": "comparison group of unstructured pruning: matrix (the paper's) or row"})
-    reallocate: bool = field(
-        default=False, metadata={"help": "N:M: deal input channels into groups in zig-zag order first (the mask is then N:M only in that order)"}
-    )
-
-    def __post_init__(self):
-        check_choice("ria scope", self.scope, ("matrix", "row"))
+class RIAConfig(Settings):
+    a: float = setting(0.5, "exponent of the activation norm", check=at_least(0))
+    scope: str = setting("matrix", "comparison group of unstructured pruning: matrix (the paper's) or row", choices=("matrix", "row"))
+    reallocate: bool = setting(False, "N:M: deal input channels into groups in zig-zag order first (the mask is then N:M only in that order)")
 
 
 @register

@@ -6,7 +6,7 @@ not-yet-processed columns through the upper Cholesky factor of ``H^-1``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +15,7 @@ from ..core.hessian import prepare_hessian, reconstruction_error
 from ..core.masks import Pattern
 from ..core.quantgrid import ColumnQuantizer, sub_block
 from ..core.stats import Hessian
+from ..settings import Settings, at_least, setting
 from .base import Method, PruneResult, register
 
 
@@ -145,11 +146,10 @@ def _group_mask(W: torch.Tensor, U: torch.Tensor, mask1: torch.Tensor, c: int, i
 
 
 @dataclass
-class SparseGPTConfig:
-    blocksize: int = field(default=128, metadata={"help": "columns per lazy-update block"})
-    percdamp: float = field(
-        default=0.01,
-        metadata={"help": "dampening added to the Hessian diagonal as a fraction of its mean; grown (and reported) if factoring fails"},
+class SparseGPTConfig(Settings):
+    blocksize: int = setting(128, "columns per lazy-update block", check=at_least(1))
+    percdamp: float = setting(
+        0.01, "dampening added to the Hessian diagonal as a fraction of its mean; grown (and reported) if factoring fails", check=at_least(0)
     )
 
 

@@ -8,13 +8,14 @@ so that the matrix hits the target sparsity (within ``tolerance``); rows then di
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..core import masks
 from ..core.masks import Pattern
 from ..core.stats import InputNorms
+from ..settings import Settings, in_range, setting
 from .base import Method, PruneResult, register
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,9 @@ def variant_mask(scores: torch.Tensor, sparsity: float, tolerance: float = 0.001
 
 
 @dataclass
-class WandaConfig:
-    variant: bool = field(
-        default=False,
-        metadata={"help": "the paper's variant: per-row cumulative-score threshold with one alpha per matrix (unstructured only)"},
-    )
-    tolerance: float = field(default=0.001, metadata={"help": "variant: allowed gap between matrix and target sparsity"})
+class WandaConfig(Settings):
+    variant: bool = setting(False, "the paper's variant: per-row cumulative-score threshold with one alpha per matrix (unstructured only)")
+    tolerance: float = setting(0.001, "variant: allowed gap between matrix and target sparsity", check=in_range(0, 1, low_open=True, high_open=True))
 
 
 @register

@@ -15,15 +15,14 @@ from torch import nn
 
 from ..core import cpu, engine, masks
 from ..core.checks import check_statistics, check_weights
-from ..core.cpu import parse_dtype
+from ..core.cpu import DTYPES, parse_dtype
 from ..core.layout import find_layers, get_weight, resolve_device, select_targets
 from ..core.memory import peak_rss
 from ..core.quantgrid import BITS, QUANTIZE_METHODS, Grid
 from ..core.solvers import DEFAULT_ITERS, SOLVERS
 from ..data.calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
-from ..errors import SettingsError
 from ..methods import METHODS, Method, get_method
-from ..settings import Settings, api, device_setting, regex, setting
+from ..settings import Settings, api, at_least, device_setting, regex, setting
 from . import budgets, layerwise, offload
 from .passes import TARGETS, Quantization, Reconstruction
 from .report import PruneReport
@@ -54,12 +53,13 @@ class PruneSettings(Settings):
         "auto",
         "dtype of the calibration forward passes: auto (bfloat16 where the device runs it natively: AVX-512 BF16/AMX or a bf16 GPU; "
         "else float32), float32 (the same result on every machine), bfloat16 or float16; statistics and pruning math are float32 either way",
+        choices=("auto", *DTYPES),
         recipe=False,
     )
     text_field: str = text_field_setting()
     layer_budget: str | list[float] = setting("uniform", "how sparsity is spread over decoder layers: uniform, owl (outlier-weighted), or (Python) one sparsity per layer", choices=budgets.BUDGETS)
-    owl_m: float = setting(budgets.OWLConfig.m, f"OWL: {budgets.OWLConfig.help('m')}")
-    owl_lambda: float = setting(budgets.OWLConfig.lam, f"OWL: {budgets.OWLConfig.help('lam')}")
+    owl_m: float = budgets.OWLConfig.option("m")
+    owl_lambda: float = budgets.OWLConfig.option("lam")
     reconstruct: str = setting(
         "none",
         "after the mask, re-solve the kept weights of every matrix by least squares: none, admm (Boza 2024) or pcg (conjugate gradients)",
@@ -71,8 +71,10 @@ class PruneSettings(Settings):
         "(dense: also corrects error carried from earlier layers; keeps a second activation stream)",
         choices=TARGETS,
     )
-    reconstruct_iters: int | None = setting(None, f"solver iterations (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())})")
-    reconstruct_damp: float = setting(0.01, "ridge toward the dense weights, relative to each input's energy H_jj")
+    reconstruct_iters: int | None = setting(
+        None, f"solver iterations (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_ITERS.items())})", check=at_least(1)
+    )
+    reconstruct_damp: float = setting(0.01, "ridge toward the dense weights, relative to each input's energy H_jj", check=at_least(0))
     quantize: str = setting(
         "none",
         "quantize the kept weights after pruning (pruned weights stay exactly zero): none, int4 or int8; "
@@ -84,13 +86,6 @@ class PruneSettings(Settings):
     quantize_method: str = setting(
         "gptq", "gptq (error-compensating, keeps the mask; joint with sparsegpt) or rtn (round to nearest)", choices=QUANTIZE_METHODS
     )
-    stream: bool = setting(
-        False,
-        "read one decoder layer at a time from the safetensors checkpoint, prune it and write it to --output at once "
-        "(for models bigger than memory; Python: prune_checkpoint)",
-    )
-    resume: bool = setting(False, "continue an interrupted --stream run into the same --output with the same arguments", recipe=False)
-
     def __post_init__(self) -> None:
         # a lone regex is one pattern (iterating it would match character by character)
         self.targets = [self.targets] if isinstance(self.targets, str) else self.targets
@@ -155,7 +150,36 @@ def guard_statistics(method: Method) -> Method:
 
 
 @api(PruneSettings)
-def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneReport:
+def prune(
+    model: nn.Module,
+    tokenizer=None,
+    *,
+    method: str = "wanda",
+    sparsity: float | None = None,
+    pattern: str | None = None,
+    calib: str | os.PathLike | torch.Tensor | None = None,
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
+    targets: str | list[str] | None = None,
+    ignore: str | list[str] | None = None,
+    true_sequential: bool = False,
+    method_options: dict | None = None,
+    device: str | torch.device | None = None,
+    compute_dtype: str | torch.dtype | None = "auto",
+    text_field: str = "text",
+    layer_budget: str | list[float] = "uniform",
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
+    reconstruct: str = "none",
+    reconstruct_target: str = "pruned",
+    reconstruct_iters: int | None = None,
+    reconstruct_damp: float = 0.01,
+    quantize: str = "none",
+    group_size: int = 128,
+    symmetric: bool = True,
+    quantize_method: str = "gptq",
+) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     ``method`` is a registered name (``magnitude``, ``wanda``, ``sparsegpt``); ``pattern`` is
@@ -171,11 +195,7 @@ def prune(model: nn.Module, tokenizer=None, s: PruneSettings = None) -> PruneRep
     ``layer_budget`` spreads the sparsity over decoder layers: ``uniform``, ``owl`` (outlier-weighted,
     with ``owl_m`` and ``owl_lambda``; needs calibration data even for magnitude) or one sparsity per layer.
     """
-    if s.stream or s.resume:
-        raise SettingsError(
-            "stream/resume prune a checkpoint on disk one layer at a time: call llmsparse.prune_checkpoint(path, output, ...) "
-            "(command line: --stream --output DIR)"
-        )
+    s = PruneSettings.of(locals())
     store = None
     if any(p.device.type == "meta" for p in model.parameters()):  # accelerate offload: each layer onloaded while pruned
         store = offload.Offloaded(model, resolve_device(s.device))
@@ -202,22 +222,23 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
         pruner.grid, pruner.storage_dtype = quant, storage
     device = resolve_device(s.device)
     dtype = cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device, parse_dtype(s.compute_dtype))
+    run = engine.Run(layout, device, dtype, store or engine.Resident())
 
     started = time.perf_counter()
     ids = calibration = None
     needs = calibration_needs(pruner, s)
     if needs:
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
-    store = store or engine.Resident()
-    store.begin(ids)
+    run.store.begin(ids)
     calibrated = time.perf_counter()
 
     was_training = model.training
     model.eval()
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
-        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, layout, chosen, ids, device, dtype, owl, store)
-        rows = layerwise.prune_layers(layout, pruner, chosen, sparsities, pat, ids, device, s.true_sequential, dtype, passes(s, pruner, storage), store)
+        sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, run, chosen, ids, owl)
+        ctx = layerwise.PruneContext(run, pruner, chosen, sparsities, pat, passes(s, pruner, storage), s.true_sequential)
+        rows = layerwise.prune_layers(ctx, ids)
     finally:
         model.train(was_training)
     finished = time.perf_counter()

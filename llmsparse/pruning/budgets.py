@@ -10,29 +10,35 @@ sparsity on target when they do not.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..core import engine
-from ..core.layout import DecoderLayout, get_weight
+from ..core.engine import LayerWalk, Run
+from ..core.layout import get_weight
 from ..core.masks import Pattern, check_sparsity
 from ..core.stats import InputNorms
 from ..errors import SparsityError, check_choice
 from ..methods.wanda import wanda_scores
+from ..settings import Settings, at_least, greater_than, setting
 
 BUDGETS = ("uniform", "owl")
 
 
 @dataclass
-class OWLConfig:
-    m: float = field(default=5.0, metadata={"help": "outlier threshold: scores above m x the layer's mean score count as outliers"})
-    lam: float = field(default=0.08, metadata={"help": "budgets spread over [s - 2*lambda, s + 2*lambda] at most"})
+class OWLConfig(Settings):
+    """OWL's two options (the run settings ``owl_m`` and ``owl_lambda`` take their defaults, help and checks from here)."""
+
+    m: float = setting(5.0, "outlier threshold: scores above m x the layer's mean score count as outliers", check=greater_than(0))
+    lam: float = setting(0.08, "budgets spread over [s - 2*lambda, s + 2*lambda] at most", check=at_least(0))
 
     @classmethod
-    def help(cls, name: str) -> str:
-        return cls.__dataclass_fields__[name].metadata["help"]
+    def option(cls, name: str) -> Any:
+        """A run setting for option ``name``: the same default and check, its help prefixed with "OWL: "."""
+        f = cls.__dataclass_fields__[name]
+        return setting(f.default, f"OWL: {f.metadata['help']}", check=f.metadata["check"])
 
 
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
@@ -64,21 +70,15 @@ def owl_sparsities(
 
 
 @torch.no_grad()
-def owl_outlier_ratios(
-    layout: DecoderLayout, targets: dict[int, dict[str, nn.Module]], input_ids: torch.Tensor, device, dtype, m: float, store: engine.Resident | None = None
-) -> dict[int, float]:
-    """Outlier ratio of each targeted layer's Wanda scores, with inputs from the dense model (``store`` holds the layers)."""
-
-    def visit(i, layer, hidden, call, masters):
-        matrices = targets.get(i)
-        if not matrices:
-            return None
-        stats = engine.collect_stats(layer, matrices, hidden, call, device, InputNorms)
-        scores = [wanda_scores(engine.master_weight(mod, masters).float(), stats[n].norm2) for n, mod in matrices.items()]
-        return outlier_ratio(scores, m)
-
-    found = engine.walk_layers(layout, input_ids, device, dtype, visit, "OWL outlier ratios", store=store, key="owl")
-    return {i: ratio for i, ratio in enumerate(found) if ratio is not None}
+def owl_outlier_ratios(run: Run, targets: dict[int, dict[str, nn.Module]], input_ids: torch.Tensor, m: float) -> dict[int, float]:
+    """Outlier ratio of each targeted layer's Wanda scores, with inputs from the dense model."""
+    with LayerWalk(run, input_ids, key="owl", desc="OWL outlier ratios") as walk:
+        for visit in walk:
+            matrices = targets.get(visit.index)
+            if matrices:
+                stats = visit.stats(matrices, InputNorms)
+                visit.result = outlier_ratio([wanda_scores(visit.master(mod).float(), stats[n].norm2) for n, mod in matrices.items()], m)
+    return {i: ratio for i, ratio in enumerate(walk.results) if ratio is not None}
 
 
 def check_budget(budget: str | Sequence[float], pattern: Pattern) -> None:
@@ -103,24 +103,21 @@ def check_layer_count(budget: str | Sequence[float], layers: int) -> None:
 def layer_sparsities(
     budget: str | Sequence[float],
     sparsity: float,
-    layout: DecoderLayout,
+    run: Run,
     targets: dict[int, dict[str, nn.Module]],
     input_ids: torch.Tensor | None,
-    device,
-    dtype,
     owl: OWLConfig | None = None,
-    store: engine.Resident | None = None,
 ) -> tuple[list[float], dict | None]:
     """Each decoder layer's target sparsity (``budget`` checked by :func:`check_budget`) and what it came from."""
     if isinstance(budget, str) and budget == "uniform":
-        return [sparsity] * len(layout.layers), None
+        return [sparsity] * len(run.layout.layers), None
     if not isinstance(budget, str):
         return [float(v) for v in budget], {"budget": "explicit", "sparsity": dict(enumerate(map(float, budget)))}
     owl = owl or OWLConfig()
-    ratios = owl_outlier_ratios(layout, targets, input_ids, device, dtype, owl.m, store)
+    ratios = owl_outlier_ratios(run, targets, input_ids, owl.m)
     chosen = sorted(ratios)
     sizes = [sum(get_weight(mod).numel() for mod in targets[i].values()) for i in chosen]
     values = owl_sparsities([ratios[i] for i in chosen], sparsity, owl.lam, sizes, layers=chosen)
     per_layer = dict(zip(chosen, values))
     info = {"budget": "owl", "m": owl.m, "lambda": owl.lam, "outlier_ratio": ratios, "sparsity": per_layer}
-    return [per_layer.get(i, sparsity) for i in range(len(layout.layers))], info
+    return [per_layer.get(i, sparsity) for i in range(len(run.layout.layers))], info

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..core import engine
 from ..core.checks import nonfinite
+from ..core.forward import outside_layers
 from ..core.layout import find_layers
 from ..errors import ModelError, NonFiniteError
 
@@ -98,7 +99,7 @@ class Offloaded(engine.Resident):
                 hook.offload, hook.execution_device = offload, execution
 
     def outside(self):
-        return self._onloaded(engine._outside_layers(self.layout), changed=False)
+        return self._onloaded(outside_layers(self.layout), changed=False)
 
     def layer(self, index: int, changed: bool):
         return self._onloaded(list(self.layout.layers[index].modules()), changed)

@@ -22,7 +22,7 @@ import torch
 from ..core.hessian import prepare_hessian, reconstruction_error
 from ..core.masks import Pattern
 from ..core.quantgrid import Grid, gptq, rtn
-from ..core.solvers import DEFAULT_ITERS, solve
+from ..core.solvers import DEFAULT_ITERS, problem, solve
 from ..core.stats import CrossHessian, Hessian
 from ..methods.base import PruneResult
 
@@ -66,7 +66,7 @@ class Reconstruction:
         keep = result.weight != 0
         G = stats.G if self.needs_dense else None
         iters = self.iters if self.iters is not None else DEFAULT_ITERS[self.solver]
-        weight = solve(dense, result.weight, keep, stats.H, G, self.solver, iters, self.damp)
+        weight = solve(problem(dense, keep, stats.H, G, self.damp), result.weight, self.solver, iters)
         before = result.error if result.error is not None else reconstruction_error(dense, result.weight, stats.H)
         notes = dict(result.notes, err_before_reconstruct=round(before, 6))
         return PruneResult(weight, error=reconstruction_error(dense, weight, stats.H), notes=notes)

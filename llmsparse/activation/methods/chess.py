@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ModelError
+from ...settings import Settings
 from ..base import ActivationMethod, Captured, quantile_threshold, register, sorted_abs
 from ..hooks import Site
 from ..sites import Block
@@ -33,7 +34,7 @@ def channel_thresholds(sorted_importance: torch.Tensor, up_abs_mean: torch.Tenso
 
 
 @dataclass
-class CHESSConfig:
+class CHESSConfig(Settings):
     """CHESS has no options beyond sparsity."""
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...settings import Settings
 from ..base import ActivationMethod, Captured, quantile_threshold, register, sorted_abs
 from ..hooks import Site
 from ..sites import Block
 
 
 @dataclass
-class TEALConfig:
+class TEALConfig(Settings):
     """TEAL has no options beyond sparsity and allocation."""
 
 

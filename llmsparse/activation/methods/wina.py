@@ -9,13 +9,13 @@ bitsandbytes Linear's norms are those of the weight it computes with (dequantize
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ...core.bnb import float_weight
 from ...core.masks import pruned_count
-from ...errors import check_choice
+from ...settings import Settings, setting
 from ..base import ActivationMethod, Captured, check_sparsity, quantile_threshold, register
 from ..hooks import Site
 from ..sites import Block
@@ -34,11 +34,8 @@ def kept_per_token(channels: int, sparsity: float) -> int:
 
 
 @dataclass
-class WINAConfig:
-    mode: str = field(default="topk", metadata={"help": "topk (per token, the paper's) or threshold (calibrated per projection)"})
-
-    def __post_init__(self):
-        check_choice("wina mode", self.mode, MODES)
+class WINAConfig(Settings):
+    mode: str = setting("topk", "topk (per token, the paper's) or threshold (calibrated per projection)", choices=MODES)
 
 
 @register
