@@ -260,7 +260,8 @@ def signature_default(f: dataclasses.Field) -> Any:
 
 
 def signature_source(cls: type) -> str:
-    """The keyword-only parameter lines of an :func:`api` function for ``cls``, as source (to paste after ``*,``)."""
+    """The parameter lines of an :func:`api` function for ``cls``, as source (to paste after the function's own parameters;
+    a ``*,`` among them makes the rest keyword-only)."""
     def shown(value: Any) -> str:
         return f'"{value}"' if isinstance(value, str) else repr(value)
 
@@ -268,10 +269,10 @@ def signature_source(cls: type) -> str:
 
 
 def signature_drift(fn: Callable, cls: type) -> list[str]:
-    """How the last keyword-only parameters of ``fn`` differ from the fields of ``cls`` (names and order, defaults,
-    annotations); empty when they match. Keyword-only parameters before them are the function's own."""
+    """How the last parameters of ``fn`` differ from the fields of ``cls`` (names and order, defaults, annotations);
+    empty when they match. Parameters before them are the function's own (the model, paths)."""
     fields = dataclasses.fields(cls)
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY][-len(fields) :]
+    params = list(inspect.signature(fn).parameters.values())[-len(fields) :]
     if [p.name for p in params] != [f.name for f in fields]:
         return [f"parameters {[p.name for p in params]} are not the fields {[f.name for f in fields]}"]
     drift = []
@@ -284,9 +285,9 @@ def signature_drift(fn: Callable, cls: type) -> list[str]:
 
 
 def api(cls: type[Settings]) -> Callable:
-    """Tie a function whose keyword-only parameters are the fields of ``cls`` to those settings.
+    """Tie a function whose last parameters are the fields of ``cls`` to those settings.
 
-    The function spells its options out (``def prune(model, tokenizer=None, *, method: str = "wanda", ...)``)
+    The function spells its options out (``def prune(model, tokenizer=None, method: str = "wanda", sparsity=None, *, ...)``)
     so IDEs and type checkers see them; it builds its settings with ``cls.of(locals())``. This decorator
     refuses, at import, a parameter list that drifted from ``cls`` (names, order, defaults; the test
     suite also compares annotations: :func:`signature_drift`, and :func:`signature_source` prints the

@@ -137,7 +137,7 @@ def test_api_defaults_recipe_keys_and_flags_come_from_the_settings_dataclasses(c
         (llmsparse.load_model, LoadSettings),
     )
     for function, cls in entry_points:
-        # the keyword-only parameters IDEs see are the settings' fields: names, order, defaults and annotations
+        # the parameters IDEs see end with the settings' fields: names, order, defaults and annotations
         assert function.settings_class is cls
         assert signature_drift(function, cls) == [], f"{function.__name__}: paste these parameters:\n{signature_source(cls)}"
         for f in dataclasses.fields(cls):
@@ -165,7 +165,7 @@ def test_settings_are_type_checked_with_the_key_named():
     with pytest.raises(SettingsError, match="sparsity must be float"):
         llmsparse.prune(tiny_model("llama"), None, method="magnitude", sparsity="abc")
     with pytest.raises(SettingsError, match="positional"):
-        llmsparse.prune(tiny_model("llama"), None, "magnitude", 0.5)  # options are keyword-only
+        llmsparse.prune(tiny_model("llama"), None, "magnitude", 0.5, "2:4")  # options after method and sparsity are keyword-only
     assert llmsparse.PruneSettings(targets="q_proj").targets == ["q_proj"]  # one regex, not its characters
 
 

@@ -147,9 +147,9 @@ def check_request(settings: SparsifySettings) -> ActivationMethod:
 def sparsify_activations(
     model: nn.Module,
     tokenizer=None,
-    *,
     method: str = "teal",
     sparsity: float | None = None,
+    *,
     calib: str | os.PathLike | torch.Tensor | None = None,
     nsamples: int = 16,
     seqlen: int = 512,

@@ -211,7 +211,7 @@ def compare(
         check_tasks(settings.tasks, task_manager(settings.include_path or None, settings.tasks))
     rows = []
     for source, label in zip(models, labels):
-        model, tokenizer = load_model(source, dtype, trust_remote_code, runtime=runtime, load_in=load_in)
+        model, tokenizer = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, runtime=runtime, load_in=load_in)
         if not load_in:  # bitsandbytes places the model itself
             model.to(resolve_device(device))
         rows.append(evaluate_model(model, tokenizer, label, settings))

@@ -241,7 +241,7 @@ def sweep(
     todo = [p for p in todo if point_key(*p) not in run["points"]]
 
     if run["dense"] is None or todo:
-        model, tokenizer = load_model(spec.model, spec.dtype)
+        model, tokenizer = load_model(spec.model, dtype=spec.dtype)
         device = resolve_device(device)
         model.to(device)
         dense_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -256,11 +256,11 @@ def sweep(
                 tokenizer,
                 method,
                 sparsity if pat == "unstructured" else None,
-                pat,
-                spec.calib,
-                spec.nsamples,
-                spec.seqlen,
-                spec.seed,
+                pattern=pat,
+                calib=spec.calib,
+                nsamples=spec.nsamples,
+                seqlen=spec.seqlen,
+                seed=spec.seed,
                 method_options=spec.method_options.get(method),
                 device=device,
                 text_field=spec.calib_field,

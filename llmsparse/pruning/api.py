@@ -153,9 +153,9 @@ def guard_statistics(method: Method) -> Method:
 def prune(
     model: nn.Module,
     tokenizer=None,
-    *,
     method: str = "wanda",
     sparsity: float | None = None,
+    *,
     pattern: str | None = None,
     calib: str | os.PathLike | torch.Tensor | None = None,
     nsamples: int = 128,
