@@ -6,6 +6,9 @@
     llmsparse.activation.enable_sparse_decode(model)   # batch-1 CPU decoding skips zeroed weight rows
 
 Methods live in :mod:`llmsparse.activation.methods`, one module each, registered by name.
+
+Imports the root, :mod:`llmsparse.core`, :mod:`llmsparse.data` and :mod:`llmsparse.runtime` (for its decode
+kernel); it sits beside :mod:`llmsparse.pruning` and does not import it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 One module per command, each with ``HELP``, ``DESCRIPTION``, ``add(parser)`` and ``run(args)``;
 flags come from the settings dataclasses (:mod:`.flags`), and every
 :class:`~llmsparse.errors.LlmsparseError` ends as one line on stderr with exit code 2.
+The top layer: it imports the Python API below it and nothing in the package imports it (the ``llmsparse`` script runs :func:`main`).
 """
 
 from __future__ import annotations

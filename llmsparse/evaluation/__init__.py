@@ -1,4 +1,7 @@
-"""Evaluation: perplexity with the papers' protocol, lm-eval tasks (local ones too), comparisons and sweeps."""
+"""Evaluation: perplexity with the papers' protocol, lm-eval tasks (local ones too), comparisons and sweeps.
+
+Imports every layer below it: comparisons load checkpoints (:mod:`llmsparse.checkpoint`), sweeps prune.
+"""
 
 from ..errors import EvaluationError, TaskBuildError, UnknownTaskError
 from .harness import TaskResults, evaluate

@@ -1,5 +1,7 @@
 """Compact sparse checkpoint formats: one registered class per file (:mod:`.base` is the contract),
 written and read by :mod:`.shards`. Every module of this package is imported here, so a new format is one new file.
+
+Imports the root and :mod:`llmsparse.core` only.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Every module of this package is imported on first use of the package, so a new method is one
 new file (see :mod:`llmsparse.methods.base` for the contract).
+
+Imports the root and :mod:`llmsparse.core` only (the pruning pipeline above calls the methods, never the reverse).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@
 the kernel (:mod:`.sparse_kernel`, ``csrc/sparse_linear.cpp``); :mod:`.convert` builds models from compact or
 dense checkpoints; :mod:`.hf` and :mod:`.hf_quantizer` register llmsparse as a transformers
 quantization method.
+
+Imports the root, :mod:`llmsparse.core` and :mod:`llmsparse.formats`.
 """
 
 from __future__ import annotations
