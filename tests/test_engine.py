@@ -169,3 +169,42 @@ def test_meta_weights_without_an_offload_hook_are_refused():
     model.model.layers[1].mlp.up_proj.to("meta")
     with pytest.raises(ModelError, match="no accelerate offload hook"):
         llmsparse.prune(model, method="magnitude", sparsity=0.5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_forwards_and_kept_activations_match_one_sequence_at_a_time(arch, calib_ids):
+    """The GPU path's knobs (several sequences per forward, activations kept on the compute device) change
+    rounding only: the same hidden states within float tolerance, Wanda's masks equal, sparsity exact."""
+    from llmsparse.core.engine import LayerWalk, Run
+    from llmsparse.methods import get_method
+    from llmsparse.pruning.layerwise import PruneContext, prune_layers
+
+    cpu = torch.device("cpu")
+    hidden, weights = {}, {}
+    for batch in (1, 3):  # 3 does not divide the 8 sequences: the last forward is shorter
+        model = tiny_model(arch)
+        run = Run(find_layers(model), cpu, torch.float32, batch=batch, activations=cpu)
+        with LayerWalk(run, calib_ids, key="look", desc="look") as walk:
+            hidden[batch] = [torch.cat(visit.forward_all(visit.hidden)) for visit in walk]
+        targets = llmsparse.select_targets(model, None, None)
+        ctx = PruneContext(run, get_method("wanda"), targets, [0.5] * len(run.layout.layers), llmsparse.Pattern())
+        prune_layers(ctx, calib_ids)
+        weights[batch] = {name: w.clone() for name, w in pruned_weights(model).items()}
+    for one, three in zip(hidden[1], hidden[3]):
+        torch.testing.assert_close(one, three, rtol=1e-4, atol=1e-5)
+    for name, w in weights[1].items():
+        other = weights[3][name]
+        assert (other == 0).sum() == (w == 0).sum(), name
+        assert ((w == 0) == (other == 0)).float().mean() >= 0.999, name
+
+
+def test_placement_keeps_activations_on_the_gpu_only_when_they_fit(monkeypatch):
+    from llmsparse.core.engine import placement
+
+    model = tiny_model("llama")  # hidden size 64
+    cuda = torch.device("cuda")
+    assert placement(torch.device("cpu"), model, 8 * 32, torch.float32) == {}  # CPU runs are the reference path
+    need = 2 * 8 * 32 * 64 * 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * need, 10 * need))
+    assert placement(cuda, model, 8 * 32, torch.float32) == {"activations": cuda, "batch": 8}
+    assert placement(cuda, model, 8 * 32, torch.float32, streams=2)["activations"] == torch.device("cpu")  # twice as much: pinned host

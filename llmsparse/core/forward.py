@@ -82,15 +82,23 @@ def outside_layers(layout: DecoderLayout) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype):
-    """Inputs of the first layer per sequence (on CPU) and every layer's call arguments (on ``device``)."""
+def kept(h: torch.Tensor, keep_on: torch.device | None) -> torch.Tensor:
+    """An activation moved to where a walk keeps them (None: CPU). CPU copies of GPU activations are pinned,
+    so that copying them back to the GPU does not wait for the host."""
+    if keep_on is not None and keep_on.type != "cpu":
+        return h.to(keep_on)
+    return h.to("cpu").pin_memory() if h.is_cuda else h.to("cpu")
+
+
+def capture_inputs(layout: DecoderLayout, input_ids: torch.Tensor, device: torch.device, dtype: torch.dtype, keep_on: torch.device | None = None):
+    """Inputs of the first layer per sequence (kept on ``keep_on``, default CPU) and every layer's call arguments (on ``device``)."""
     first = layout.layers[0]
     hidden: list[torch.Tensor] = []
     calls: list[LayerCall] = []
 
     def catch_first(module, args, kwargs):
         h, rest, kw = _split_hidden(args, kwargs)
-        hidden.append(h.to("cpu", dtype))
+        hidden.append(kept(h.to(dtype=dtype), keep_on))
         if not calls:
             calls.append(LayerCall(_to(rest, device, dtype), _to(kw, device, dtype)))
         raise _Stop
@@ -148,8 +156,22 @@ def _record_later_calls(layout, ids, device, dtype, hidden0, call0) -> list[Laye
 
 def forward_layer(layer: nn.Module, h: torch.Tensor, call: LayerCall, device: torch.device) -> torch.Tensor:
     """One decoder layer's output hidden states for input ``h`` with its recorded call arguments."""
-    out = layer(h.to(device), *call.args, **call.kwargs)
+    out = layer(h.to(device, non_blocking=True), *call.args, **call.kwargs)
     return out[0] if isinstance(out, tuple) else out
+
+
+def forward_all(layer: nn.Module, hidden: list[torch.Tensor], call: LayerCall, device, batch: int = 1, keep_on: torch.device | None = None) -> list[torch.Tensor]:
+    """The layer's output for every sequence of ``hidden``, ``batch`` sequences per forward, kept on ``keep_on``.
+
+    The recorded call arguments were captured for one sequence; masks and rotary tables broadcast over
+    the batch. ``batch=1`` is the reference path (each sequence alone: batched GEMMs round differently).
+    """
+    if batch <= 1:
+        return [kept(forward_layer(layer, h, call, device), keep_on) for h in hidden]
+    out = []
+    for i in range(0, len(hidden), batch):
+        out.extend(kept(o, keep_on) for o in forward_layer(layer, torch.cat(hidden[i : i + batch]), call, device).split(1))
+    return out
 
 
 def hooked_forward(layer, matrices: dict[str, nn.Module], hook_for: Callable, h, call, device) -> None:
@@ -183,12 +205,12 @@ def matrix_inputs(layer, matrices: dict[str, nn.Module], h: torch.Tensor, call: 
 
 @torch.no_grad()
 def collect_stats(
-    layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable, dense: Callable[[int], dict] | None = None
+    layer, matrices: dict[str, nn.Module], hidden, call, device, new_stats: Callable, dense: Callable[[int], dict] | None = None, batch: int = 1
 ) -> dict:
     """Feed each matrix's input through its stats object for all sequences; shared inputs share stats.
 
     A forward ends as soon as every matrix in ``matrices`` has seen its input, so the rest of the
-    layer is not computed. With ``dense`` (sequence index -> each matrix's input on the dense
+    layer is not computed; ``batch`` sequences go through each forward. With ``dense`` (sequence index -> each matrix's input on the dense
     model's stream, see :func:`matrix_inputs`), each update also gets that input: ``update(x, x_dense)``.
     """
     stats: dict[str, object] = {}
@@ -210,7 +232,9 @@ def collect_stats(
 
         return hook
 
-    for j, h in enumerate(hidden):
+    step = 1 if dense is not None else max(batch, 1)  # the dense stream pairs inputs sequence by sequence
+    for j in range(0, len(hidden), step):
+        h = hidden[j] if step == 1 else torch.cat(hidden[j : j + step])
         if dense is not None:
             dense_inputs = dense(j)
         seen.clear()

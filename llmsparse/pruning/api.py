@@ -222,13 +222,16 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
         pruner.grid, pruner.storage_dtype = quant, storage
     device = resolve_device(s.device)
     dtype = cpu.compute_dtype(next(layout.layers[0].parameters()).dtype, device, parse_dtype(s.compute_dtype))
-    run = engine.Run(layout, device, dtype, store or engine.Resident())
 
     started = time.perf_counter()
     ids = calibration = None
     needs = calibration_needs(pruner, s)
     if needs:
         ids, calibration = calibration_batch(model, tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field, needs)
+    chosen_passes = passes(s, pruner, storage)
+    streams = 2 if any(p.needs_dense for p in chosen_passes) else 1
+    where = engine.placement(device, model, 0 if ids is None else ids.numel(), dtype, streams)
+    run = engine.Run(layout, device, dtype, store or engine.Resident(), **where)
     run.store.begin(ids)
     calibrated = time.perf_counter()
 
@@ -237,7 +240,7 @@ def run_prune(model: nn.Module, tokenizer, s: PruneSettings, store: engine.Resid
     try:
         owl = budgets.OWLConfig(s.owl_m, s.owl_lambda)
         sparsities, budget_info = budgets.layer_sparsities(s.layer_budget, sparsity, run, chosen, ids, owl)
-        ctx = layerwise.PruneContext(run, pruner, chosen, sparsities, pat, passes(s, pruner, storage), s.true_sequential)
+        ctx = layerwise.PruneContext(run, pruner, chosen, sparsities, pat, chosen_passes, s.true_sequential)
         rows = layerwise.prune_layers(ctx, ids)
     finally:
         model.train(was_training)
