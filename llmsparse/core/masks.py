@@ -80,8 +80,8 @@ def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         mask = scores < threshold
         ties = scores == threshold
         missing = k - mask.sum(-1, keepdim=True)
-        if torch.equal(ties.sum(-1, keepdim=True), missing):  # the usual case: take every tie (no int64 cumsum)
-            mask |= ties
+        if not scores.is_cuda and torch.equal(ties.sum(-1, keepdim=True), missing):  # usual on CPU: take every tie (no int64 cumsum)
+            mask |= ties  # (on a GPU the comparison would wait for the device: the cumsum below gives the same mask)
         else:
             mask |= ties & (ties.cumsum(-1) <= missing)
     return mask
