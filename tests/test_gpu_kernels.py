@@ -1,0 +1,146 @@
+"""The fused Triton column loops (llmsparse.gpu) against the CPU loops they replace.
+
+Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, numpy, IEEE float32
+without fused multiply-adds): SparseGPT's plain loop then gives the reference loop's weights bit
+for bit; the joint mode and GPTQ use the reference order where the CPU loops use sub-blocks, so
+they are compared by masks, integer codes and layer error. Skipped when triton is not installed.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+pytest.importorskip("triton")
+
+from llmsparse.core.hessian import prepare_hessian, reconstruction_error  # noqa: E402
+from llmsparse.core.masks import Pattern  # noqa: E402
+from llmsparse.core.quantgrid import ColumnQuantizer, Grid, dequantize, gptq, quantize_codes  # noqa: E402
+from llmsparse.gpu import dispatch  # noqa: E402
+from llmsparse.methods.sparsegpt import _columns, _reference_columns, sparsegpt_prune  # noqa: E402
+
+ROWS, COLS, BLOCK = 48, 160, 64  # blocks of 64, 64 and 32 columns: the lazy update and a narrow last block
+
+
+@pytest.fixture(scope="module")
+def problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, COLS, generator=g) * (torch.rand(COLS, generator=g) * 2 + 0.1)
+    H = 2 * X.t() @ X / X.shape[0]
+    W = torch.randn(ROWS, COLS, generator=g)
+    dead, U, _ = prepare_hessian(H, 0.01)
+    return W, H, U
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    monkeypatch.setenv(dispatch.FORCE, "1")
+
+
+def _kernel(W, U, sparsity, pattern, quantizer=None):
+    from llmsparse.gpu import sparsegpt_triton
+
+    return sparsegpt_triton.columns(W.clone(), U, BLOCK, sparsity, pattern, quantizer)
+
+
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4), Pattern(4, 8)], ids=str)
+def test_sparsegpt_kernel_equals_the_reference_loop(problem, pattern):
+    W, H, U = problem
+    ref = _reference_columns(W.clone(), U, 0.5, pattern, BLOCK)
+    out = _kernel(W, U, 0.5, pattern)
+    assert torch.equal(out == 0, ref == 0)  # the masks
+    if pattern.structured:
+        assert ((out == 0).view(ROWS, -1, pattern.m).sum(-1) == pattern.n).all()
+    else:
+        assert int((out == 0).sum()) == ROWS * COLS // 2
+    assert torch.equal(out, ref)  # the interpreter computes in the reference's order, without FMA
+    assert reconstruction_error(W, out, H) == pytest.approx(reconstruction_error(W, ref, H), rel=1e-6)
+
+
+def _codes(weight, quantizer):
+    return quantize_codes(weight, quantizer.scale, quantizer.zero, quantizer.grid)
+
+
+@pytest.mark.parametrize(
+    "pattern,grid,dtype",
+    [
+        (Pattern(), Grid(4, 32, True), torch.float32),
+        (Pattern(2, 4), Grid(4, 32, False), torch.float32),
+        (Pattern(), Grid(8, 32, False), torch.bfloat16),
+        (Pattern(2, 4), Grid(4, 32, True), torch.float16),
+    ],
+    ids=str,
+)
+def test_joint_kernel_matches_the_cpu_joint_loop(problem, pattern, grid, dtype):
+    W, H, U = problem
+    qa, qb = (ColumnQuantizer(grid, ROWS, COLS, "cpu", dtype) for _ in range(2))
+    ref = _columns(W.clone(), U, 0.5, pattern, BLOCK, qa)
+    out = _kernel(W, U, 0.5, pattern, qb)
+    assert (out == 0).float().mean() >= 0.5  # the mask, plus kept weights that round to 0
+    assert ((out == 0) == (ref == 0)).float().mean() >= 0.999
+    assert (_codes(out, qb) == _codes(ref, qa)).float().mean() >= 0.999
+    assert torch.equal(dequantize(_codes(out, qb), qb.scale, qb.zero, grid), out)  # every weight on its group's grid
+    assert reconstruction_error(W, out, H) == pytest.approx(reconstruction_error(W, ref, H), rel=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gptq_kernel_keeps_the_mask_and_matches_cpu_gptq(problem, forced, dtype):
+    W, H, U = problem
+    keep = torch.rand(ROWS, COLS, generator=torch.Generator().manual_seed(1)) > 0.4
+    grid = Grid(4, 32, False)
+    ref, sa = gptq(W, U, grid, keep, BLOCK, dtype)
+    out, sb = dispatch.gptq(W, U, grid, keep, BLOCK, dtype)
+    assert (out[~keep] == 0).all() and (out[keep] != 0).float().mean() > 0.9
+    assert (quantize_codes(out, sb.scale, sb.zero_point, grid) == quantize_codes(ref, sa.scale, sa.zero_point, grid)).float().mean() >= 0.999
+    assert reconstruction_error(W, out, H) == pytest.approx(reconstruction_error(W, ref, H), rel=0.01)
+
+
+def test_sparsegpt_prune_takes_the_kernel_when_forced_dead_inputs_included(problem, monkeypatch):
+    W, H, _ = problem
+    H = H.clone()
+    H[:, 5] = H[5, :] = 0  # a dead input: zeroed before the loop, on both paths
+    monkeypatch.setenv(dispatch.FORCE, "0")
+    ref, _ = sparsegpt_prune(W, H, 0.5, Pattern(2, 4), BLOCK)
+    monkeypatch.setenv(dispatch.FORCE, "1")
+    calls = []
+    real = dispatch.column_loop
+    monkeypatch.setattr("llmsparse.methods.sparsegpt.column_loop", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out, _ = sparsegpt_prune(W, H, 0.5, Pattern(2, 4), BLOCK)
+    assert calls and torch.equal(out, ref) and (out[:, 5] == 0).all()
+
+
+def test_unsupported_shapes_fall_back_to_the_torch_loop(forced):
+    W = torch.zeros(4, 96)
+    assert dispatch.column_loop(W, torch.eye(96), 0.5, Pattern(3, 6), 96) is None  # M not a power of two
+    assert dispatch.column_loop(W, torch.eye(96), 0.5, Pattern(), 512) is None  # block wider than the kernel's
+    assert dispatch.gptq(W.double(), torch.eye(96), Grid(4, 32)) is None  # float64 stays on the CPU loop
+    assert not dispatch.supported(128, Pattern(), group=256)  # groups straddling blocks
+
+
+def test_non_finite_result_is_one_error_per_matrix(problem, forced):
+    from llmsparse.errors import NonFiniteError
+
+    W, _, U = problem
+    bad = W.clone()
+    bad[3, 7] = float("nan")
+    with pytest.raises(NonFiniteError, match="q_proj"):
+        dispatch.column_loop(bad, U, 0.5, Pattern(2, 4), BLOCK, name="q_proj")
+
+
+def test_importing_llmsparse_imports_no_triton():
+    code = "import sys, llmsparse, llmsparse.gpu, llmsparse.methods.sparsegpt; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)], ids=str)
+def test_cuda_kernel_matches_the_cpu_reference(problem, pattern):
+    W, H, U = problem
+    ref = _reference_columns(W.clone(), U, 0.5, pattern, BLOCK)
+    out = dispatch.column_loop(W.cuda(), U.cuda(), 0.5, pattern, BLOCK).cpu()
+    assert ((out == 0) == (ref == 0)).float().mean() >= 0.999
+    assert reconstruction_error(W, out, H) == pytest.approx(reconstruction_error(W, ref, H), rel=0.01)
