@@ -113,6 +113,17 @@ def test_sparsegpt_prune_takes_the_kernel_when_forced_dead_inputs_included(probl
     assert calls and torch.equal(out, ref) and (out[:, 5] == 0).all()
 
 
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)], ids=str)
+def test_matrices_sharing_a_hessian_run_stacked_as_one_by_one(problem, forced, pattern):
+    W, H, U = problem
+    q, k = W[:32], torch.randn(16, COLS, generator=torch.Generator().manual_seed(2)) * 3  # other scales: one threshold each
+    alone = [_reference_columns(m.clone(), U, 0.5, pattern, BLOCK) for m in (q, k)]
+    stacked = dispatch.column_loop_shared([q.clone(), k.clone()], U, 0.5, pattern, BLOCK)
+    for a, b in zip(alone, stacked):
+        assert torch.equal(a == 0, b == 0) and int((b == 0).sum()) == b.numel() // 2
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_shapes_fall_back_to_the_torch_loop(forced):
     W = torch.zeros(4, 96)
     assert dispatch.column_loop(W, torch.eye(96), 0.5, Pattern(3, 6), 96) is None  # M not a power of two

@@ -86,6 +86,27 @@ def column_loop(
     return _finite(flag, out, name or "SparseGPT")
 
 
+def column_loop_shared(
+    weights: list[torch.Tensor], U: torch.Tensor, sparsity: float, pattern: Pattern, blocksize: int, name: str = ""
+) -> list[torch.Tensor] | None:
+    """SparseGPT without quantization on matrices that read one input (q/k/v, gate/up), stacked: one launch per block for all.
+
+    ``weights``: float32 working copies (dead inputs zeroed) sharing ``U``. Rows never interact in
+    the loop, and the unstructured threshold stays per matrix, so each result is the one
+    :func:`column_loop` gives it alone; the lazy updates become one larger GEMM per block. None
+    where the kernel does not apply.
+    """
+    if not weights or not kernel_enabled(weights[0]) or not supported(blocksize, pattern) or any(w.dtype != torch.float32 for w in weights):
+        return None
+    from . import sparsegpt_triton
+
+    W = torch.cat(weights)
+    flag = _finite_flag(W, U)
+    splits = [w.shape[0] for w in weights]
+    out = _finite(flag, sparsegpt_triton.columns(W, U.float(), blocksize, sparsity, pattern, splits=splits), name or "SparseGPT")
+    return list(out.split(splits))
+
+
 def gptq(
     weight: torch.Tensor, U: torch.Tensor, grid: Grid, keep: torch.Tensor | None = None, blocksize: int = 128, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, QuantState] | None:

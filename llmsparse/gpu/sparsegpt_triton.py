@@ -167,12 +167,15 @@ def columns(
     pattern: Pattern | None = None,
     quantizer: ColumnQuantizer | None = None,
     keep: torch.Tensor | None = None,
+    splits: list[int] | None = None,
 ) -> torch.Tensor:
     """The column loop on the float32 working copy ``W`` ``[out, in]`` (changed in place if contiguous; returned).
 
     SparseGPT: ``keep`` None, unstructured masks per block from ``sparsity`` or N:M from ``pattern``,
     optional ``quantizer`` (joint mode). GPTQ: ``keep`` the kept weights (``W`` already zero
-    outside it; updates never reach them), ``quantizer`` required, ``sparsity`` 0.
+    outside it; updates never reach them), ``quantizer`` required, ``sparsity`` 0. ``splits``: the
+    row counts of several matrices stacked in ``W`` (they share ``U``); each gets its own unstructured
+    threshold per block, so the result is theirs one by one, in one launch per block for all.
     """
     pattern = pattern or Pattern()
     W, U = W.contiguous(), U.contiguous()  # Cholesky factors come column-major; the kernel reads rows
@@ -192,7 +195,8 @@ def columns(
         if keep is not None:
             given[:, :width] = ~keep[:, i1:i2]
         elif not pattern.structured:
-            given[:, :width] = _lowest_overall(W1.pow(2) / torch.diagonal(U1).pow(2).unsqueeze(0), sparsity)
+            scores = W1.pow(2) / torch.diagonal(U1).pow(2).unsqueeze(0)
+            given[:, :width] = torch.cat([_lowest_overall(part, sparsity) for part in scores.split(splits or [rows])])
         _block_kernel[(triton.cdiv(rows, BM),)](
             W1, W.stride(0), U1, U.stride(0), errors, given, scale, zero, scale.stride(0), i1 // g, rows, width, tiny,
             BM=BM, BLOCK=BLOCK, N=pattern.n if keep is None else 0, M=pattern.m if keep is None else 0,
