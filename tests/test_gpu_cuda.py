@@ -1,4 +1,4 @@
-"""The compiled Triton kernels on CUDA against the CPU loops (skipped without CUDA or triton).
+"""The compiled Triton kernels: built for sm_90 on any machine, and run on CUDA against the CPU loops where there is one.
 
 Runs in a subprocess without ``TRITON_INTERPRET`` (``tests/test_gpu_kernels.py`` sets it for its
 whole process). On a GPU, Triton may fuse ``w - err*u`` into an FMA and cuBLAS orders the lazy
@@ -14,7 +14,29 @@ import sys
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and triton")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+COMPILE = r"""
+import json, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from llmsparse.gpu.sparsegpt_triton import _block_kernel
+signature = {"W": "*fp32", "stride_w": "i32", "U": "*fp32", "stride_u": "i32", "E": "*fp32", "P": "*i8", "S": "*fp32", "Z": "*fp32",
+             "stride_q": "i32", "group0": "i32", "rows": "i32", "width": "i32", "tiny": "fp32"}
+variants = {  # N, M, KEEP_PRUNED, QUANT, G, SYMMETRIC, SCALE_DTYPE
+    "unstructured": (0, 0, False, False, 128, True, 0), "2:4": (2, 4, False, False, 128, True, 0), "4:8": (4, 8, False, False, 128, True, 0),
+    "2:4+int4 g32 asym bf16": (2, 4, False, True, 32, False, 1), "unstructured+int4 fp16": (0, 0, False, True, 128, True, 2),
+    "gptq keep fp32": (0, 0, True, True, 128, False, 0),
+}
+ptx = {}
+for name, (n, m, keep, quant, g, sym, sd) in variants.items():
+    const = dict(BM=16, BLOCK=128, N=n, M=m, KEEP_PRUNED=keep, QUANT=quant, G=g, QMIN=-8, QMAX=7, SYMMETRIC=sym, LEVELS=15.0, SCALE_DTYPE=sd)
+    kernel = triton.compile(ASTSource(_block_kernel, {**signature, **dict.fromkeys(const, "constexpr")}, const),
+                            target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})
+    ptx[name] = [len(kernel.asm["cubin"]), kernel.asm["ptx"].count("fma.rn.f32")]
+print(json.dumps(ptx))
+"""
 
 SCRIPT = r"""
 import json, torch
@@ -51,10 +73,26 @@ print(json.dumps(out))
 """
 
 
-def test_compiled_kernels_match_the_cpu_loops():
+def _run(script: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@needs_triton
+def test_every_kernel_variant_compiles_for_an_h100_without_a_gpu():
+    """Triton's frontend and its bundled ptxas build sm_90 cubins on any machine: a GPU-only compile error shows up here."""
+    built = _run(COMPILE)
+    assert len(built) == 6
+    for name, (cubin_bytes, fused) in built.items():
+        assert cubin_bytes > 0 and fused == 0, name  # no fused multiply-adds: updates round as the CPU loop's
+
+
+@needs_triton
+@needs_cuda
+def test_compiled_kernels_match_the_cpu_loops():
+    results = _run(SCRIPT)
     for name, (agree, ref_error, error, *rest) in results.items():
         assert agree >= 0.999, (name, agree)
         assert error == pytest.approx(ref_error, rel=0.01), name

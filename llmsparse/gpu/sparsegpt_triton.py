@@ -19,7 +19,8 @@ already updated weights, ``N`` lowest of each ``M`` (ties: the first columns; ``
 exact ties unspecified). Quantization (grid of :mod:`llmsparse.core.quantgrid`) refits a group's
 per-row scale and zero point where the group starts (groups must lie inside a block), with the
 weights expected to be pruned counted as 0, and rounds half to even like ``torch.round``. All
-divisions are IEEE round-to-nearest (``div_rn``) so scores and errors equal torch's.
+divisions are IEEE round-to-nearest (``div_rn``) and multiply-adds are not fused, so scores,
+errors and updates round as torch's do.
 
 Imported only on the CUDA path (or with ``TRITON_INTERPRET=1`` for the CPU tests), never by
 ``import llmsparse``.
@@ -204,6 +205,7 @@ def columns(
             QMIN=grid.qmin if grid else 0, QMAX=grid.qmax if grid else 0, SYMMETRIC=grid.symmetric if grid else True,
             LEVELS=float((1 << grid.bits) - 1) if grid else 1.0,
             SCALE_DTYPE=_SCALE_DTYPES[quantizer.dtype] if quantizer is not None else 0,
+            enable_fp_fusion=False,  # w - err*u rounded twice, as the CPU loop does
         )  # fmt: skip
         if i2 < cols:
             lazy = errors[:, :width] @ U[i1:i2, i2:]
