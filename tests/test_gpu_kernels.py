@@ -143,6 +143,27 @@ def test_non_finite_result_is_one_error_per_matrix(problem, forced):
         dispatch.column_loop(bad, U, 0.5, Pattern(2, 4), BLOCK, name="q_proj")
 
 
+def test_a_failing_triton_is_one_line_with_the_way_around_oom_passes_through(problem, forced, monkeypatch):
+    from llmsparse.errors import KernelBuildError
+    from llmsparse.gpu import sparsegpt_triton
+
+    W, _, U = problem
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore")
+
+    monkeypatch.setattr(sparsegpt_triton, "columns", broken)
+    with pytest.raises(KernelBuildError, match=r"^the Triton column-loop kernel failed \(RuntimeError: Failed to find C compiler.*\); set LLMSPARSE_TRITON=0"):
+        dispatch.column_loop(W.clone(), U, 0.5, Pattern(), BLOCK)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(sparsegpt_triton, "columns", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        dispatch.column_loop(W.clone(), U, 0.5, Pattern(), BLOCK)
+
+
 def test_importing_llmsparse_imports_no_triton():
     code = "import sys, llmsparse, llmsparse.gpu, llmsparse.methods.sparsegpt; assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

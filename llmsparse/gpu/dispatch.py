@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
 from ..core.masks import Pattern
 from ..core.quantgrid import ColumnQuantizer, Grid, QuantState
-from ..errors import NonFiniteError
+from ..errors import KernelBuildError, LlmsparseError, NonFiniteError
 
 #: ``1``: use the kernels on CPU tensors too (needs ``TRITON_INTERPRET=1``); ``0``: never use them.
 FORCE = "LLMSPARSE_TRITON"
@@ -62,6 +63,20 @@ def _finite_flag(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(W).all() & torch.isfinite(U).all()
 
 
+def _kernel(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run the kernel; a failure of Triton itself (no compiler, an unsupported GPU) becomes one line with the way around it.
+
+    Out-of-memory and llmsparse's own errors pass through unchanged (the engine names the layer).
+    """
+    try:
+        return run()
+    except (torch.OutOfMemoryError, LlmsparseError):
+        raise
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise KernelBuildError(f"the Triton column-loop kernel failed ({type(error).__name__}: {first}); set {FORCE}=0 to run the torch loop instead") from error
+
+
 def column_loop(
     W: torch.Tensor,
     U: torch.Tensor,
@@ -82,7 +97,7 @@ def column_loop(
     from . import sparsegpt_triton
 
     flag = _finite_flag(W, U)
-    out = sparsegpt_triton.columns(W, U.float(), blocksize, sparsity, pattern, quantizer)
+    out = _kernel(lambda: sparsegpt_triton.columns(W, U.float(), blocksize, sparsity, pattern, quantizer))
     return _finite(flag, out, name or "SparseGPT")
 
 
@@ -103,7 +118,7 @@ def column_loop_shared(
     W = torch.cat(weights)
     flag = _finite_flag(W, U)
     splits = [w.shape[0] for w in weights]
-    out = _finite(flag, sparsegpt_triton.columns(W, U.float(), blocksize, sparsity, pattern, splits=splits), name or "SparseGPT")
+    out = _finite(flag, _kernel(lambda: sparsegpt_triton.columns(W, U.float(), blocksize, sparsity, pattern, splits=splits)), name or "SparseGPT")
     return list(out.split(splits))
 
 
@@ -124,5 +139,5 @@ def gptq(
     if keep is not None:
         W.mul_(keep)
     flag = _finite_flag(W, U)
-    out = sparsegpt_triton.columns(W, U.float(), blocksize, quantizer=quantizer, keep=keep)
+    out = _kernel(lambda: sparsegpt_triton.columns(W, U.float(), blocksize, quantizer=quantizer, keep=keep))
     return _finite(flag, out, "GPTQ"), quantizer.state()
