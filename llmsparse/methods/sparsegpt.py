@@ -15,6 +15,7 @@ from ..core.hessian import prepare_hessian, reconstruction_error
 from ..core.masks import Pattern
 from ..core.quantgrid import ColumnQuantizer, sub_block
 from ..core.stats import Hessian
+from ..gpu import column_loop
 from ..settings import Settings, at_least, setting
 from .base import Method, PruneResult, register
 
@@ -48,6 +49,9 @@ def sparsegpt_prune(
     dead, U, damp = prepared or prepare_hessian(H, percdamp)
     W = weight.detach().clone().float()
     W[:, dead] = 0
+    fused = column_loop(W, U, sparsity, pattern, blocksize, quantizer)  # one Triton launch per block on CUDA; None: the torch loops
+    if fused is not None:
+        return fused, damp
     if quantizer is None:
         return _reference_columns(W, U, sparsity, pattern, blocksize), damp
     return _columns(W, U, sparsity, pattern, blocksize, quantizer), damp

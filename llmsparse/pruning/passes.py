@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import gpu
 from ..core.hessian import prepare_hessian, reconstruction_error
 from ..core.masks import Pattern
 from ..core.quantgrid import Grid, gptq, rtn
@@ -106,5 +107,6 @@ class Quantization:
         if getattr(stats, "prepared", (None,))[0] != key:
             stats.prepared = (key, prepare_hessian(stats.H, self.percdamp))
         _, U, _ = stats.prepared[1]  # a dead input (H_jj = 0) is rounded without moving anything else
-        weight, state = gptq(result.weight, U, self.grid, keep, self.blocksize, self.storage_dtype)
+        fused = gpu.gptq(result.weight, U, self.grid, keep, self.blocksize, self.storage_dtype)  # Triton on CUDA, else None
+        weight, state = fused or gptq(result.weight, U, self.grid, keep, self.blocksize, self.storage_dtype)
         return PruneResult(weight.float(), error=reconstruction_error(dense, weight.float(), stats.H), notes=notes, quant=state)
