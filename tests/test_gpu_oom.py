@@ -36,3 +36,24 @@ def test_other_errors_pass_through():
     with pytest.raises(ValueError, match="unrelated"):
         with layer_oom("layer 0", 8, 64):
             raise ValueError("unrelated")
+
+
+def test_an_out_of_memory_error_while_pruning_names_the_layer_and_the_run_stops(calib_ids, monkeypatch):
+    from conftest import tiny_model
+
+    import llmsparse
+    from llmsparse.methods.wanda import Wanda
+
+    calls = []
+    original = Wanda.prune
+
+    def second_layer_runs_out(self, weight, stats, sparsity, pattern, name=""):
+        calls.append(name)
+        if ".1." in name:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, weight, stats, sparsity, pattern, name=name)
+
+    monkeypatch.setattr(Wanda, "prune", second_layer_runs_out)
+    model = tiny_model("llama")
+    with pytest.raises(GpuMemoryError, match=r"GPU out of memory in layer 1 allocating 2.00 GiB: use a smaller --nsamples \(now 8\)"):
+        llmsparse.prune(model, None, "wanda", 0.5, calib=calib_ids)

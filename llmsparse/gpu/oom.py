@@ -3,10 +3,7 @@
 torch's ``OutOfMemoryError`` is a multi-line allocator report that names neither the layer nor a
 remedy. :func:`layer_oom` turns it into a :class:`GpuMemoryError` (an ``LlmsparseError``, so the
 CLI prints one line and exits 2; nothing is written, because saving happens only after pruning
-finished). The engine wraps each layer's step in it::
-
-    with layer_oom(f"layer {i}", nsamples, seqlen, host_flag=...):
-        ...  # forwards, statistics, solves of layer i
+finished). :func:`llmsparse.pruning.layerwise.prune_layers` wraps its walk in it, naming the layer it was at.
 
 The remedies are in the order that frees most: fewer or shorter calibration sequences (the
 activations and forward batch scale with ``nsamples x seqlen``), the activations in host memory
@@ -16,7 +13,7 @@ activations and forward batch scale with ``nsamples x seqlen``), the activations
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -43,11 +40,13 @@ def oom_message(where: str, nsamples: int, seqlen: int, host_flag: str | None = 
 
 
 @contextmanager
-def layer_oom(where: str, nsamples: int, seqlen: int, host_flag: str | None = None) -> Iterator[None]:
-    """Re-raise a ``torch.OutOfMemoryError`` inside the block as :class:`GpuMemoryError`, after releasing cached GPU memory."""
+def layer_oom(where: str | Callable[[], str], nsamples: int, seqlen: int, host_flag: str | None = None) -> Iterator[None]:
+    """Re-raise a ``torch.OutOfMemoryError`` inside the block as :class:`GpuMemoryError`, after releasing cached GPU memory.
+
+    ``where`` may be a callable, asked when the error happens (the layer a walk was at)."""
     try:
         yield
     except torch.OutOfMemoryError as error:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the caller may retry with other settings in the same process
-        raise GpuMemoryError(oom_message(where, nsamples, seqlen, host_flag, error)) from None
+        raise GpuMemoryError(oom_message(where() if callable(where) else where, nsamples, seqlen, host_flag, error)) from None

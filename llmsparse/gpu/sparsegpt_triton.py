@@ -143,18 +143,6 @@ def _block_kernel(
     tl.store(E + r[:, None] * BLOCK + c[None, :], e_tile, mask=inside)
 
 
-def _lowest_overall(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """:func:`llmsparse.core.masks.lowest_overall` without its host sync (the tie branch is always taken; same mask)."""
-    flat = scores.flatten()
-    k = masks.pruned_count(flat.numel(), sparsity)
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, k).values
-    ties = flat == threshold
-    missing = k - (flat < threshold).sum()
-    return ((flat < threshold) | (ties & (ties.cumsum(0) <= missing))).view_as(scores)
-
-
 def _rows_per_program(W: torch.Tensor) -> int:
     # the interpreter runs programs one after another: one program over all rows is fastest there
     return GPU_ROWS if W.is_cuda else min(256, triton.next_power_of_2(W.shape[0]))
@@ -197,7 +185,7 @@ def columns(
             given[:, :width] = ~keep[:, i1:i2]
         elif not pattern.structured:
             scores = W1.pow(2) / torch.diagonal(U1).pow(2).unsqueeze(0)
-            given[:, :width] = torch.cat([_lowest_overall(part, sparsity) for part in scores.split(splits or [rows])])
+            given[:, :width] = torch.cat([masks.lowest_overall(part, sparsity) for part in scores.split(splits or [rows])])
         _block_kernel[(triton.cdiv(rows, BM),)](
             W1, W.stride(0), U1, U.stride(0), errors, given, scale, zero, scale.stride(0), i1 // g, rows, width, tiny,
             BM=BM, BLOCK=BLOCK, N=pattern.n if keep is None else 0, M=pattern.m if keep is None else 0,

@@ -24,6 +24,7 @@ from ..core.layout import get_weight
 from ..core.masks import Pattern
 from ..core.quantgrid import STATE_ATTR
 from ..core.stats import Bundle
+from ..gpu.oom import layer_oom
 from ..methods import Method
 from .passes import Pass
 from .report import MatrixReport
@@ -117,7 +118,10 @@ def prune_layers(ctx: PruneContext, input_ids: torch.Tensor | None) -> list[Matr
     """
     dense_stream = any(p.needs_dense for p in ctx.passes)
     ids = input_ids if ctx.calibrated else None
-    with LayerWalk(ctx.run, ids, key="prune", desc=f"{ctx.method.name} layers", changes=True, dense_stream=dense_stream) as walk:
+    at = ["the calibration inputs"]
+    nsamples, seqlen = ids.shape if ids is not None else (0, 0)
+    with layer_oom(lambda: at[0], nsamples, seqlen), LayerWalk(ctx.run, ids, key="prune", desc=f"{ctx.method.name} layers", changes=True, dense_stream=dense_stream) as walk:
         for visit in walk:
+            at[0] = f"layer {visit.index}"
             visit.result = prune_layer(ctx, visit)
     return [MatrixReport(**row) for rows in walk.results for row in rows]
