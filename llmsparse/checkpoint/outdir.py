@@ -4,8 +4,12 @@ The rules every saved model follows:
 
 * **What may be replaced.** The output may not be the working directory or an ancestor of it, nor
   a directory that holds one of the run's inputs (model, calibration text, recipe, evaluation
-  text). An existing non-empty directory is replaced only with ``overwrite``, and only when it is a
-  previous llmsparse output (it holds ``llmsparse.json``); anything else is refused, ``overwrite`` or not.
+  text), nor the home directory or an ancestor of it. An existing non-empty directory is replaced
+  only with ``overwrite``, and only when it is a previous llmsparse output: its ``llmsparse.json``
+  is one llmsparse wrote (a JSON object with the run's ``format``, ``versions`` and ``files``, the
+  list of every file the run wrote) and the directory holds nothing else (:func:`foreign_entry`).
+  A stray ``llmsparse.json`` (``{}``) in a directory of the user's own is therefore not enough;
+  anything else is refused, ``overwrite`` or not.
 * **One writer.** :func:`claim` takes an exclusive lock, ``.NAME.lock`` beside the output
   (``flock``: the OS drops it when the process dies, even by ``kill -9``), for the whole run, so a
   second run into the same output is refused at once, not after its work.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -56,12 +61,49 @@ def check_results_dir(path: str | Path) -> Path:
     return out
 
 
+def output_files(directory: Path) -> list[str]:
+    """Every file under ``directory`` (relative POSIX paths, sorted): what ``llmsparse.json`` lists as the run's own."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def foreign_entry(directory: Path) -> str | None:
+    """Why ``directory`` is not a previous llmsparse output (None when it is one).
+
+    It is one when ``llmsparse.json`` is a regular file holding a JSON object with ``format``,
+    ``versions`` and ``files`` (the run's file list), and every entry of the directory is one of those
+    files or a folder on the way to one. Files the list names but the directory lacks are fine.
+    """
+    marker = directory / METADATA_FILE
+    if marker.is_symlink() or not marker.is_file():
+        return f"no {METADATA_FILE}"
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"its {METADATA_FILE} is not one llmsparse wrote (not JSON)"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not {"format", "versions"} <= set(meta):
+        return f"its {METADATA_FILE} is not one llmsparse wrote (no list of the files the run wrote)"
+    ours = {*files, METADATA_FILE}
+    folders = {parent.as_posix() for f in ours for parent in Path(f).parents}
+    for entry in sorted(directory.rglob("*")):
+        name = entry.relative_to(directory).as_posix()
+        if entry.is_dir() and not entry.is_symlink():
+            if name not in folders:
+                return f"it holds {name + '/'!r}, which llmsparse did not write"
+        elif name not in ours:
+            return f"it holds {name!r}, which llmsparse did not write"
+    return None
+
+
 def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
     """The resolved output path, after the rules above (a file, unwritable, the inputs, not empty, not ours)."""
     out = check_results_dir(path)
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
         raise OutputDirError(f"output {str(path)!r} is the working directory or contains it; choose a new directory, e.g. ./out")
+    home = Path.home().resolve()
+    if out == home or out in home.parents:
+        raise OutputDirError(f"output {str(path)!r} is the home directory or contains it; choose a new directory, e.g. ~/pruned")
     for item in inputs:
         if item is not None and Path(item).exists():
             source = Path(item).resolve()
@@ -70,9 +112,10 @@ def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise OutputDirError(f"output directory {str(path)!r} is not empty (pass overwrite=True / --overwrite)")
-        if not (out / METADATA_FILE).is_file():
+        reason = foreign_entry(out)
+        if reason is not None:
             raise OutputDirError(
-                f"output directory {str(path)!r} is not empty and is not an llmsparse output (no {METADATA_FILE}); "
+                f"output directory {str(path)!r} is not empty and is not an llmsparse output ({reason}); "
                 "--overwrite replaces only a previous llmsparse output or an empty directory"
             )
     return out

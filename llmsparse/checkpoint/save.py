@@ -11,6 +11,7 @@ layout :func:`llmsparse.load_model` reads back.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,14 +22,17 @@ import torch
 from .. import formats
 from ..activation.io import save_activation_state
 from ..core import bnb
+from ..core.checks import nonfinite
 from ..core.cpu import machine
 from ..core.layout import target_weights
 from ..errors import SettingsError
 from ..pruning.report import PruneReport
 from ..version import __version__
 from .card import model_card
-from .outdir import METADATA_FILE, claim, publish, staging
+from .outdir import METADATA_FILE, claim, output_files, publish, staging
 from .recipe import dump_recipe
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "sparsity_report.json"
 ACTIVATION_REPORT_FILE = "activation_report.json"
@@ -50,6 +54,23 @@ def check_bnb_format(fmt: formats.Format, load_in: str | None) -> None:
     """A model quantized by bitsandbytes (``load_in``) is saved with its quantized weights, so only as ``dense``."""
     if load_in and fmt.compact:
         raise SettingsError(f"the model is quantized by bitsandbytes ({load_in}) and is saved as it is: --format {fmt.label} needs float weights; use --format dense")
+
+
+def nonfinite_tensors(model) -> list[str]:
+    """``"name: 2 NaN and 0 inf values"`` for every non-finite tensor of ``model``, each logged as a warning.
+
+    Pruning refuses non-finite weights in the decoder layers and non-finite calibration statistics (those
+    change masks); a NaN elsewhere (an embedding row calibration never reads, the head) cannot change a
+    mask and is the input model's own, so it is saved as it came, but never silently: the warning and
+    ``llmsparse.json``'s ``warnings`` name it.
+    """
+    found = []
+    for name, tensor in model.state_dict().items():
+        bad = nonfinite(tensor)
+        if bad:
+            found.append(f"{name}: {bad}")
+            log.warning("the model saved has %s in %s (the input model had them; no mask reads them)", bad, name)
+    return found
 
 
 def versions() -> dict[str, str]:
@@ -107,11 +128,13 @@ def write_output(
     tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation=None, comparison=None, recipe_kind="prune", weights_saved=False
 ) -> None:
     """Every file of a saved model, into the staging directory ``tmp`` (``weights_saved``: the safetensors are there already)."""
+    warnings: list[str] = []
     if weights_saved:  # a streamed run wrote them layer by layer (llmsparse.checkpoint.stream)
         model.config.save_pretrained(tmp)
         if model.can_generate() and model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
     else:
+        warnings = nonfinite_tensors(model)
         model.save_pretrained(tmp, safe_serialization=True)
     save_activation_state(model, tmp)
     if fmt.compact:
@@ -122,6 +145,8 @@ def write_output(
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions(), "machine": machine().to_dict()}
+    if warnings:
+        metadata["warnings"] = [f"non-finite values in {w}" for w in warnings]
     if recipe is not None:
         metadata["recipe"] = recipe
         metadata["recipe_kind"] = recipe_kind
@@ -136,4 +161,5 @@ def write_output(
         comparison.save(tmp)
     table = comparison.markdown() if comparison is not None else None
     (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config)), encoding="utf-8")
+    metadata["files"] = [*output_files(tmp), METADATA_FILE]  # what --overwrite may replace later (outdir.foreign_entry)
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output

@@ -25,6 +25,7 @@ from ..core.quantgrid import STATE_ATTR
 from ..core.stats import Bundle
 from ..methods import Method
 from .passes import Pass
+from .realised import check_realised
 from .report import MatrixReport
 
 
@@ -37,6 +38,7 @@ def _prune_matrix(method: Method, passes: list[Pass], name, layer, module, maste
     master = master_weight(module, masters)
     dense = master.to(device, torch.float32)
     bundle = stats if isinstance(stats, Bundle) else None
+    zeros_before = int((dense == 0).sum())
     result = method.prune(dense, bundle.method if bundle else stats, sparsity, pattern, name=name)
     for p, p_stats in zip(passes, bundle.passes if bundle else [None] * len(passes)):
         result = p.apply(name, dense, result, p_stats, pattern)
@@ -45,7 +47,8 @@ def _prune_matrix(method: Method, passes: list[Pass], name, layer, module, maste
         setattr(module, STATE_ATTR, result.quant)  # the grid parameters, for exports that store codes
     master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
     get_weight(module).copy_(master)
-    report = MatrixReport(name, layer, list(master.shape), sparsity, int((master == 0).sum()), result.error, result.notes)
+    zeros = check_realised(name, zeros_before, master, sparsity, pattern, result.quant is not None, method.name)  # issue 31: never a silent miss
+    report = MatrixReport(name, layer, list(master.shape), sparsity, zeros, result.error, result.notes)
     return asdict(report)
 
 
