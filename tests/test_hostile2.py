@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import VALID, tiny_model
+from safetensors.torch import load_file, save_file
 from test_hostile import cli, one_line_error, run_tree
 
 import llmsparse
-from llmsparse.errors import CalibrationError, LlmsparseError, OutputDirError, SparsityError
+from llmsparse.errors import CalibrationError, CheckpointError, LlmsparseError, OutputDirError, SparsityError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,3 +142,50 @@ def test_nan_calibration_never_reads_is_saved_with_a_warning(tokenizer, calib_id
         out = llmsparse.save_pruned(model, tokenizer, tmp_path / "out", report=report)
     assert "2 NaN and 0 inf values" in caplog.text and "model.embed_tokens.weight" in caplog.text
     assert json.loads((out / "llmsparse.json").read_text())["warnings"] == ["non-finite values in model.embed_tokens.weight: 2 NaN and 0 inf values"]
+
+
+# --------------------------------------------------------------------------- 2. a checkpoint that does not match its config
+
+
+def broken_checkpoint(tmp_path, model_dir, how: str) -> Path:
+    """A copy of ``model_dir`` with one tensor deleted, one added, or a config whose hidden_size disagrees with the weights."""
+    broken = shutil.copytree(model_dir, tmp_path / f"broken-{how}")
+    weights = load_file(broken / "model.safetensors")
+    if how == "missing":
+        del weights["model.layers.0.mlp.up_proj.weight"]
+    elif how == "unexpected":
+        weights["model.layers.0.mlp.extra.weight"] = torch.zeros(4, 4)
+    elif how == "shape":
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps(config | {"hidden_size": 32}))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    return broken
+
+
+BROKEN = {
+    "missing": "has no tensor 'model.layers.0.mlp.up_proj.weight', which LlamaForCausalLM needs (1 missing)",
+    "unexpected": "holds tensor 'model.layers.0.mlp.extra.weight', which is not part of LlamaForCausalLM",
+    "shape": "has shape [320, 64] in the checkpoint, but config.json gives LlamaForCausalLM [320, 32]",
+}
+
+
+@pytest.mark.parametrize("how", list(BROKEN))
+def test_missing_unexpected_or_misshaped_tensors_are_refused_before_pruning(how, model_dir, tmp_path, capsys):
+    broken = broken_checkpoint(tmp_path, model_dir, how)
+    with pytest.raises(CheckpointError, match=BROKEN[how].replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        llmsparse.load_model(broken)
+    for stream in ([], ["--stream"]):
+        out = tmp_path / f"out{len(stream)}"
+        line = one_line_error(capsys, cli(prune_argv(broken, out, *stream)), BROKEN[how])
+        assert "tensor '" in line
+        assert not out.exists() and not list(tmp_path.glob(f".{out.name}*")), list(tmp_path.glob(f".{out.name}*"))
+
+
+@pytest.mark.parametrize("index", ["not json {", '{"metadata": {}}', '["a"]'])
+def test_a_garbage_weights_index_is_one_line(index, model_dir, tmp_path, capsys):
+    broken = shutil.copytree(model_dir, tmp_path / "broken")
+    (broken / "model.safetensors").rename(broken / "model-00001-of-00001.safetensors")
+    (broken / "model.safetensors.index.json").write_text(index)
+    for argv in (prune_argv(broken, tmp_path / "out"), prune_argv(broken, tmp_path / "out", "--stream"), ["eval", str(broken), "--ppl", str(VALID)]):
+        one_line_error(capsys, cli(argv), "model.safetensors.index.json")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

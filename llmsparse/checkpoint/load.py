@@ -29,6 +29,7 @@ from ..errors import CheckpointError, LlmsparseError, ModelError
 from ..runtime.convert import RUNTIMES, convert_dense
 from ..runtime.hf import load_compact
 from ..settings import Settings, api, setting
+from .tensors import check_loading_info
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +131,18 @@ def load_model(path_or_id: str | os.PathLike, s: LoadSettings = None):
             direct = s.runtime != "dense" and formats.checkpoint_format(block, source).runs_sparse
             model = (load_compact if direct else _load_compact)(Path(source), config, block, parse_dtype(dtype), trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 source,
                 config=config,
                 dtype=parse_dtype(dtype) or "auto",
                 trust_remote_code=trust_remote_code,
                 revision=revision,
                 use_safetensors=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=not (s.load_in or saved_in),  # report mis-shaped tensors (bitsandbytes' packed ones are its own)
                 **({"quantization_config": bnb.config(s.load_in)} if s.load_in else {}),
             )
+            check_loading_info(source, model, info)  # a missing, extra or mis-shaped tensor: refused, never random weights
             if s.load_in and local:
                 report = bnb.sparsity_after(model, formats.shard_files(Path(source)), s.load_in)
                 setattr(model, bnb.REPORT_ATTR, report)

@@ -30,7 +30,7 @@ from ..core.cpu import DTYPES, parse_dtype
 from ..core.layout import find_layers, resolve_device
 from ..core.memory import return_freed_blocks
 from ..core.tensorfile import TORCH, nbytes, read_header, read_tensors
-from ..errors import CheckpointError, ModelError, NonFiniteError, SettingsError
+from ..errors import CheckpointError, LlmsparseError, ModelError, NonFiniteError, SettingsError
 from ..pruning.api import PruneSettings, run_prune
 from ..pruning.report import PruneReport
 from ..settings import api
@@ -38,6 +38,7 @@ from .outdir import claim, publish, staging
 from .recipe import run_recipe
 from .resume import Partial, copy_tensor_file, save_tensors
 from .save import compressible_weights, write_output
+from .tensors import check_headers
 
 INDEX = "model.safetensors.index.json"
 
@@ -70,8 +71,13 @@ class Checkpoint:
             else:
                 self.files = dict.fromkeys(read_header(directory / "model.safetensors")[0], directory / "model.safetensors")
             self.headers = {path: read_header(path) for path in set(self.files.values())}
-        except (OSError, KeyError, ValueError) as err:
-            raise CheckpointError(f"cannot read the weights index or headers of {str(directory)!r}: {err}") from err
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"cannot read the weights index or headers of {str(directory)!r}: {type(err).__name__}: {err}") from err
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a missing, unexpected or mis-shaped tensor before anything runs (:func:`llmsparse.checkpoint.tensors.check_headers`)."""
+        stored = {k: self.headers[path][0][k]["shape"] for k, path in self.files.items() if k in self.headers[path][0]}
+        check_headers(str(self.directory), model, stored)
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors ``keys``, each copied straight from its shard into a fresh tensor."""
@@ -278,14 +284,22 @@ def prune_checkpoint(
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load a tokenizer from {str(directory)!r}: {err}") from err
         forwards = cpu.compute_dtype(next(model.parameters()).dtype, resolve_device(s.device), parse_dtype(s.compute_dtype))
-        store = Streamed(model, Checkpoint(directory), Partial(out, fingerprint(directory, weight_dtype, s, forwards), s.resume))
-        report = run_prune(model, tokenizer, s, store)
-        targets = compressible_weights(model, fmt, report) if fmt.compact else []
-        store.write_outer()
-        with staging(out) as tmp:
-            store.link_into(tmp)
-            write_output(tmp, model, tokenizer, fmt, targets, report, run_recipe(s, report), str(source), weights_saved=True)
-            publish(tmp, out, overwrite, inputs)
-        store.partial.remove()
+        checkpoint = Checkpoint(directory)
+        checkpoint.check(model)
+        partial = Partial(out, fingerprint(directory, weight_dtype, s, forwards), s.resume)
+        try:
+            store = Streamed(model, checkpoint, partial)
+            report = run_prune(model, tokenizer, s, store)
+            targets = compressible_weights(model, fmt, report) if fmt.compact else []
+            store.write_outer()
+            with staging(out) as tmp:
+                store.link_into(tmp)
+                write_output(tmp, model, tokenizer, fmt, targets, report, run_recipe(s, report), str(source), weights_saved=True)
+                publish(tmp, out, overwrite, inputs)
+        except LlmsparseError:  # refused: nothing to resume, so remove what this run created (an interruption keeps it)
+            if not partial.resumed:
+                partial.remove()
+            raise
+        partial.remove()
     return report
 
