@@ -48,9 +48,32 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
+#: Bytes the names beside an output add to its own (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.partial``, ``.NAME.lock``).
+_SIBLING_EXTRA = 32
+
+
+def _check_name_lengths(out: Path, shown: str) -> None:
+    """Refuse a path with a component longer than the file system allows (``Errno 36``), the output's siblings' names included."""
+    try:
+        limit = os.pathconf(_first_existing(out), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in out.parts:
+        extra = _SIBLING_EXTRA if part == out.name else 0
+        if len(os.fsencode(part)) + extra > limit:
+            raise OutputDirError(
+                f"output {shown[:60]!r}...: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes; the file system allows "
+                f"{limit - extra} for an output's name ({limit} less the staging names beside it)"
+            )
+
+
 def check_results_dir(path: str | Path) -> Path:
-    """A directory results can be written into (created if missing): refuse a file, a path under a file, or an unwritable place."""
+    """A directory results can be written into (created if missing): refuse an empty path, a file, a path under a file,
+    a name too long for the file system, or an unwritable place."""
+    if not str(path).strip():
+        raise OutputDirError("output is an empty path: give a directory, e.g. --output ./pruned")
     out = Path(path).resolve()
+    _check_name_lengths(out, str(path))
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output {str(path)!r} exists and is not a directory")
     base = _first_existing(out)
@@ -229,6 +252,30 @@ def claim(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path
 
 def _stage_name(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where ``/proc`` says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give every file under ``directory`` the permissions a new file gets under the umask (``0644`` under ``022``).
+
+    Some writers create files ``0600`` (safetensors' temporary-file-and-rename); an output is the user's ordinary files.
+    """
+    mask = _umask()
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 @contextmanager

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,11 @@ from ..core import bnb
 from ..core.checks import nonfinite
 from ..core.cpu import machine
 from ..core.layout import target_weights
-from ..errors import SettingsError
+from ..errors import OutputDirError, SettingsError
 from ..pruning.report import PruneReport
 from ..version import __version__
 from .card import model_card
-from .outdir import METADATA_FILE, claim, output_files, publish, staging
+from .outdir import METADATA_FILE, claim, follow_umask, output_files, publish, staging
 from .recipe import dump_recipe
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,23 @@ def save_pruned(
     check_bnb_format(fmt, bnb.quantized_in(model.config))
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
-    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
+    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp, write_errors(out):
         write_output(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
         publish(tmp, out, overwrite, inputs)
     return Path(output_dir)
+
+
+@contextmanager
+def write_errors(out: Path) -> Iterator[None]:
+    """A failed write (a full disk: ``OSError`` or safetensors' ``SafetensorError``) as one :class:`OutputDirError` line naming ``out``;
+    the staging directory around it is removed as for any failure."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        detail = " ".join(str(getattr(err, "strerror", None) or err).split())
+        raise OutputDirError(f"cannot write output {str(out)!r}: {detail} (is the disk full?); nothing was saved") from err
 
 
 def write_output(
@@ -163,3 +177,4 @@ def write_output(
     (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config)), encoding="utf-8")
     metadata["files"] = [*output_files(tmp), METADATA_FILE]  # what --overwrite may replace later (outdir.foreign_entry)
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output
+    follow_umask(tmp)

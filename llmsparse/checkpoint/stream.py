@@ -37,7 +37,7 @@ from ..settings import api
 from .outdir import claim, publish, staging
 from .recipe import run_recipe
 from .resume import Partial, copy_tensor_file, save_tensors
-from .save import compressible_weights, write_output
+from .save import compressible_weights, write_errors, write_output
 from .tensors import check_headers
 
 INDEX = "model.safetensors.index.json"
@@ -292,7 +292,7 @@ def prune_checkpoint(
             report = run_prune(model, tokenizer, s, store)
             targets = compressible_weights(model, fmt, report) if fmt.compact else []
             store.write_outer()
-            with staging(out) as tmp:
+            with staging(out) as tmp, write_errors(out):
                 store.link_into(tmp)
                 write_output(tmp, model, tokenizer, fmt, targets, report, run_recipe(s, report), str(source), weights_saved=True)
                 publish(tmp, out, overwrite, inputs)
