@@ -254,3 +254,14 @@ def test_every_method_option_at_its_edges_meets_the_target_or_is_refused_before_
     for m in report["matrices"]:
         rows, cols = m["shape"]
         assert abs(m["zeros"] - rows * cols * 0.5) <= rows + cols, (m["name"], m["zeros"])
+
+
+def test_a_pruned_weight_that_is_not_finite_is_an_error():
+    from llmsparse.core.masks import Pattern
+    from llmsparse.errors import NonFiniteError
+    from llmsparse.pruning.realised import check_realised
+
+    w = torch.randn(8, 10).masked_fill(torch.arange(10) < 5, 0)
+    w[2, 7] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"m: pruned by alps to weights with 0 NaN and 1 inf values"):
+        check_realised("m", 0, w, 0.5, Pattern(), False, "alps")

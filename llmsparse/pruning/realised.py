@@ -13,14 +13,18 @@ pruned weights are:
   (plus the same rounding allowance);
 * quantization: a kept weight may round to zero on the grid, so a quantized matrix is checked only
   for too few zeros.
+
+A pruned weight that is not finite (a method's update blown up by an option such as ``rho0=inf``) is an
+error too: it would meet the count and poison every later layer.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..core.checks import nonfinite
 from ..core.masks import Pattern, pruned_count
-from ..errors import SparsityError
+from ..errors import NonFiniteError, SparsityError
 
 
 def check_realised(name: str, zeros_before: int, weight: torch.Tensor, target: float, pattern: Pattern, quantized: bool, method: str = "") -> int:
@@ -29,6 +33,10 @@ def check_realised(name: str, zeros_before: int, weight: torch.Tensor, target: f
     ``zeros_before``: exact zeros of the weight before pruning (ties); ``quantized``: the weight was put on a
     quantization grid (more zeros are fine). N:M patterns prune exactly ``numel * N / M``.
     """
+    by = f" by {method}" if method else ""
+    bad = nonfinite(weight)
+    if bad:
+        raise NonFiniteError(f"{name}: pruned{by} to weights with {bad}; a method option out of range?")
     rows, cols = weight.shape[0], weight.shape[-1]
     numel = weight.numel()
     zeros = int((weight == 0).sum())
@@ -37,7 +45,6 @@ def check_realised(name: str, zeros_before: int, weight: torch.Tensor, target: f
     low, high = expected - slack, expected + zeros_before + slack
     if low <= zeros and (quantized or zeros <= high):
         return zeros
-    by = f" by {method}" if method else ""
     raise SparsityError(
         f"{name}: pruned{by} to sparsity {zeros / numel:.4f} for a target of {target:.4f} ({zeros} of {numel} weights zero, "
         f"{zeros_before} before; expected {expected}); a method option out of range, or degenerate calibration inputs?"
