@@ -181,6 +181,16 @@ def test_missing_unexpected_or_misshaped_tensors_are_refused_before_pruning(how,
         assert not out.exists() and not list(tmp_path.glob(f".{out.name}*")), list(tmp_path.glob(f".{out.name}*"))
 
 
+def test_a_stream_refused_mid_run_removes_the_partial_state_it_created(tmp_path, tokenizer, capsys):
+    source, out = tmp_path / "nan-in-layer-1", tmp_path / "out"
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.up_proj.weight.data[0, 0] = float("nan")  # read only when the stream reaches layer 1
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    one_line_error(capsys, cli(prune_argv(source, out, "--method", "wanda", "--stream")), "up_proj.weight has 1 NaN")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
 @pytest.mark.parametrize("index", ["not json {", '{"metadata": {}}', '["a"]'])
 def test_a_garbage_weights_index_is_one_line(index, model_dir, tmp_path, capsys):
     broken = shutil.copytree(model_dir, tmp_path / "broken")

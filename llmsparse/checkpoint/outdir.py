@@ -7,7 +7,7 @@ The rules every saved model follows:
   text), nor the home directory or an ancestor of it. An existing non-empty directory is replaced
   only with ``overwrite``, and only when it is a previous llmsparse output: its ``llmsparse.json``
   is one llmsparse wrote (a JSON object with the run's ``format``, ``versions`` and ``files``, the
-  list of every file the run wrote) and the directory holds nothing else (:func:`foreign_entry`).
+  list of every file the run wrote) and the directory holds nothing else (:func:`llmsparse.checkpoint.ownership.foreign_entry`).
   A stray ``llmsparse.json`` (``{}``) in a directory of the user's own is therefore not enough;
   anything else is refused, ``overwrite`` or not.
 * **One writer.** :func:`claim` takes an exclusive lock, ``.NAME.lock`` beside the output
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -34,9 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputBusyError, OutputDirError
-
-#: The file every llmsparse output holds; what marks a directory as one ``overwrite`` may replace.
-METADATA_FILE = "llmsparse.json"
+from .ownership import foreign_entry
 
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _held: dict[Path, int] = {}  # outputs this process has claimed -> nesting depth (the CLI claims, then save_pruned)
@@ -82,40 +79,6 @@ def check_results_dir(path: str | Path) -> Path:
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputDirError(f"output {str(path)!r} cannot be created: no write permission in {str(base)!r}")
     return out
-
-
-def output_files(directory: Path) -> list[str]:
-    """Every file under ``directory`` (relative POSIX paths, sorted): what ``llmsparse.json`` lists as the run's own."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
-
-
-def foreign_entry(directory: Path) -> str | None:
-    """Why ``directory`` is not a previous llmsparse output (None when it is one).
-
-    It is one when ``llmsparse.json`` is a regular file holding a JSON object with ``format``,
-    ``versions`` and ``files`` (the run's file list), and every entry of the directory is one of those
-    files or a folder on the way to one. Files the list names but the directory lacks are fine.
-    """
-    marker = directory / METADATA_FILE
-    if marker.is_symlink() or not marker.is_file():
-        return f"no {METADATA_FILE}"
-    try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return f"its {METADATA_FILE} is not one llmsparse wrote (not JSON)"
-    files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not {"format", "versions"} <= set(meta):
-        return f"its {METADATA_FILE} is not one llmsparse wrote (no list of the files the run wrote)"
-    ours = {*files, METADATA_FILE}
-    folders = {parent.as_posix() for f in ours for parent in Path(f).parents}
-    for entry in sorted(directory.rglob("*")):
-        name = entry.relative_to(directory).as_posix()
-        if entry.is_dir() and not entry.is_symlink():
-            if name not in folders:
-                return f"it holds {name + '/'!r}, which llmsparse did not write"
-        elif name not in ours:
-            return f"it holds {name!r}, which llmsparse did not write"
-    return None
 
 
 def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
@@ -252,30 +215,6 @@ def claim(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path
 
 def _stage_name(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _umask() -> int:
-    """The process's umask (read without changing it where ``/proc`` says it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(directory: Path) -> None:
-    """Give every file under ``directory`` the permissions a new file gets under the umask (``0644`` under ``022``).
-
-    Some writers create files ``0600`` (safetensors' temporary-file-and-rename); an output is the user's ordinary files.
-    """
-    mask = _umask()
-    for path in [directory, *directory.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 @contextmanager

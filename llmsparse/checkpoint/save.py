@@ -30,7 +30,8 @@ from ..errors import OutputDirError, SettingsError
 from ..pruning.report import PruneReport
 from ..version import __version__
 from .card import model_card
-from .outdir import METADATA_FILE, claim, follow_umask, output_files, publish, staging
+from .outdir import claim, publish, staging
+from .ownership import METADATA_FILE, follow_umask, output_files
 from .recipe import dump_recipe
 
 log = logging.getLogger(__name__)
