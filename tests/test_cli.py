@@ -166,9 +166,11 @@ def test_non_empty_output_needs_overwrite_and_only_replaces_an_llmsparse_output(
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.5")) == 0  # empty: no --overwrite needed
-    (out / "extra.txt").write_text("from an earlier run")
+    (out / "extra.txt").write_text("not written by llmsparse")  # issue 31: a file the run did not write makes it the user's
+    assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.6", "--overwrite")) == 2
+    (out / "extra.txt").unlink()
     assert main(prune_args(model_dir, out, "--method", "magnitude", "--sparsity", "0.6", "--overwrite")) == 0
-    assert not (out / "extra.txt").exists() and (out / "config.json").is_file()
+    assert (out / "config.json").is_file()
     assert json.loads((out / "llmsparse.json").read_text())["recipe"]["sparsity"] == 0.6
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.calibration import check_positions
 from ..errors import SettingsError
 from ..settings import Settings, at_least, nonempty, setting
 
@@ -53,7 +52,12 @@ def timed_generate(model, tokenizer, prompt: str, max_new_tokens: int = 64) -> D
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     if ids.shape[1] == 0:
         raise SettingsError("the prompt gives no tokens; give some text to continue")
-    check_positions(model.config, ids.shape[1] + max_new_tokens - 1, f"prompt ({ids.shape[1]} tokens) + max_new_tokens", SettingsError)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and ids.shape[1] + max_new_tokens - 1 > limit:
+        raise SettingsError(
+            f"the prompt's {ids.shape[1]} tokens + max_new_tokens {max_new_tokens} need {ids.shape[1] + max_new_tokens - 1} positions, "
+            f"past the model's {limit}: give at most max_new_tokens {max(limit - ids.shape[1] + 1, 0)} or a shorter prompt"
+        )
     start = time.perf_counter()
     out = model(ids, use_cache=True)
     past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)

@@ -28,6 +28,7 @@ from ..core.layout import find_layers
 from ..core.tensorfile import TORCH, nbytes, read_header, read_tensors
 from ..errors import CheckpointError, ModelError, NonFiniteError
 from .resume import Partial, copy_tensor_file, save_tensors
+from .tensors import check_headers
 
 INDEX = "model.safetensors.index.json"
 
@@ -60,8 +61,13 @@ class Checkpoint:
             else:
                 self.files = dict.fromkeys(read_header(directory / "model.safetensors")[0], directory / "model.safetensors")
             self.headers = {path: read_header(path) for path in set(self.files.values())}
-        except (OSError, KeyError, ValueError) as err:
-            raise CheckpointError(f"cannot read the weights index or headers of {str(directory)!r}: {err}") from err
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"cannot read the weights index or headers of {str(directory)!r}: {type(err).__name__}: {err}") from err
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a missing, unexpected or mis-shaped tensor before anything runs (:func:`llmsparse.checkpoint.tensors.check_headers`)."""
+        stored = {k: self.headers[path][0][k]["shape"] for k, path in self.files.items() if k in self.headers[path][0]}
+        check_headers(str(self.directory), model, stored)
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors ``keys``, each copied straight from its shard into a fresh tensor."""

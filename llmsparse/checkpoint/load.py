@@ -29,6 +29,7 @@ from ..errors import CheckpointError, LlmsparseError, ModelError
 from ..runtime.convert import RUNTIMES, convert_dense
 from ..runtime.hf import load_compact
 from ..settings import Settings, api, setting
+from .tensors import check_loading_info
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,26 @@ def cache_dir() -> Path:
 
 def check_source(source: str) -> None:
     """Raise :class:`ModelError` for a local-looking model path that does not exist (before any slow work)."""
+    if Path(source).is_file() and not source.endswith(".gguf"):
+        raise ModelError(f"model {source!r} is a file: give the directory that holds config.json and the safetensors weights, or a .gguf file")
     if source in (GEMMA_270M,) or Path(source).exists():
         return
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".gguf"):
         raise ModelError(f"model path {source!r} does not exist")
+
+
+def check_quantizer(config, source: str) -> None:
+    """Refuse a checkpoint stored quantized by compressed-tensors (``--format pack-quantized``) when that package is missing,
+    saying which one to install (transformers' own error is an ``ImportError`` deep in the load)."""
+    import importlib.util
+
+    quant = getattr(config, "quantization_config", None)
+    quant = quant if isinstance(quant, dict) else getattr(quant, "__dict__", {})
+    if quant.get("quant_method") == "compressed-tensors" and quant.get("config_groups") and importlib.util.find_spec("compressed_tensors") is None:
+        raise ModelError(
+            f"{source!r} is stored quantized by compressed-tensors (--format pack-quantized): loading it needs that package: "
+            "pip install 'compressed-tensors==0.20.*'"
+        )
 
 
 #: What a model argument may name (CLI help).
@@ -119,6 +136,7 @@ def load_model(
         raise ModelError(f"cannot load a model config from {source!r}: {err}") from err
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
+    check_quantizer(config, source)
     saved_in = bnb.quantized_in(config)
     if saved_in:  # saved quantized (llmsparse sparsify --load-in): transformers re-creates the bitsandbytes layers
         bnb.require()
@@ -138,15 +156,18 @@ def load_model(
             direct = s.runtime != "dense" and formats.checkpoint_format(block, source).runs_sparse
             model = (load_compact if direct else _load_compact)(Path(source), config, block, parse_dtype(dtype), trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 source,
                 config=config,
                 dtype=parse_dtype(dtype) or "auto",
                 trust_remote_code=trust_remote_code,
                 revision=revision,
                 use_safetensors=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=not (s.load_in or saved_in),  # report mis-shaped tensors (bitsandbytes' packed ones are its own)
                 **({"quantization_config": bnb.config(s.load_in)} if s.load_in else {}),
             )
+            check_loading_info(source, model, info)  # a missing, extra or mis-shaped tensor: refused, never random weights
             if s.load_in and local:
                 report = bnb.sparsity_after(model, formats.shard_files(Path(source)), s.load_in)
                 setattr(model, bnb.REPORT_ATTR, report)
@@ -155,6 +176,8 @@ def load_model(
             convert_dense(model, source, required=s.runtime == "sparse")
     except LlmsparseError:
         raise
+    except ImportError as err:  # a quantizer's package (transformers names it)
+        raise ModelError(f"loading {source!r} needs a package that is not installed: {' '.join(str(err).split())}") from err
     except ValueError as err:
         raise ModelError(f"{type(config).__name__} ({config.model_type}) is not a causal LM llmsparse can load: {err}") from err
     except (OSError, SafetensorError) as err:
@@ -255,6 +278,10 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
+    try:
+        import gguf as _  # noqa: F401 - transformers needs it to read the file; say so before the minute of converting
+    except ImportError as err:
+        raise ModelError(f"reading {gguf.name} needs the gguf package: pip install gguf (or pip install 'llmsparse[gemma]')") from err
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors under %s (one time, about a minute)", gguf.name, target)

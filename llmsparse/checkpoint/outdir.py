@@ -4,8 +4,12 @@ The rules every saved model follows:
 
 * **What may be replaced.** The output may not be the working directory or an ancestor of it, nor
   a directory that holds one of the run's inputs (model, calibration text, recipe, evaluation
-  text). An existing non-empty directory is replaced only with ``overwrite``, and only when it is a
-  previous llmsparse output (it holds ``llmsparse.json``); anything else is refused, ``overwrite`` or not.
+  text), nor the home directory or an ancestor of it. An existing non-empty directory is replaced
+  only with ``overwrite``, and only when it is a previous llmsparse output: its ``llmsparse.json``
+  is one llmsparse wrote (a JSON object with the run's ``format``, ``versions`` and ``files``, the
+  list of every file the run wrote) and the directory holds nothing else (:func:`llmsparse.checkpoint.ownership.foreign_entry`).
+  A stray ``llmsparse.json`` (``{}``) in a directory of the user's own is therefore not enough;
+  anything else is refused, ``overwrite`` or not.
 * **One writer.** :func:`claim` takes an exclusive lock, ``.NAME.lock`` beside the output
   (``flock``: the OS drops it when the process dies, even by ``kill -9``), for the whole run, so a
   second run into the same output is refused at once, not after its work.
@@ -29,9 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputBusyError, OutputDirError
-
-#: The file every llmsparse output holds; what marks a directory as one ``overwrite`` may replace.
-METADATA_FILE = "llmsparse.json"
+from .ownership import foreign_entry
 
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 _held: dict[Path, int] = {}  # outputs this process has claimed -> nesting depth (the CLI claims, then save_pruned)
@@ -43,9 +45,32 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
+#: Bytes the names beside an output add to its own (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.partial``, ``.NAME.lock``).
+_SIBLING_EXTRA = 32
+
+
+def _check_name_lengths(out: Path, shown: str) -> None:
+    """Refuse a path with a component longer than the file system allows (``Errno 36``), the output's siblings' names included."""
+    try:
+        limit = os.pathconf(_first_existing(out), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in out.parts:
+        extra = _SIBLING_EXTRA if part == out.name else 0
+        if len(os.fsencode(part)) + extra > limit:
+            raise OutputDirError(
+                f"output {shown[:60]!r}...: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes; the file system allows "
+                f"{limit - extra} for an output's name ({limit} less the staging names beside it)"
+            )
+
+
 def check_results_dir(path: str | Path) -> Path:
-    """A directory results can be written into (created if missing): refuse a file, a path under a file, or an unwritable place."""
+    """A directory results can be written into (created if missing): refuse an empty path, a file, a path under a file,
+    a name too long for the file system, or an unwritable place."""
+    if not str(path).strip():
+        raise OutputDirError("output is an empty path: give a directory, e.g. --output ./pruned")
     out = Path(path).resolve()
+    _check_name_lengths(out, str(path))
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output {str(path)!r} exists and is not a directory")
     base = _first_existing(out)
@@ -62,6 +87,9 @@ def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
         raise OutputDirError(f"output {str(path)!r} is the working directory or contains it; choose a new directory, e.g. ./out")
+    home = Path.home().resolve()
+    if out == home or out in home.parents:
+        raise OutputDirError(f"output {str(path)!r} is the home directory or contains it; choose a new directory, e.g. ~/pruned")
     for item in inputs:
         if item is not None and Path(item).exists():
             source = Path(item).resolve()
@@ -70,9 +98,10 @@ def check_output_dir(path: str | Path, overwrite: bool = False, inputs: Iterable
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise OutputDirError(f"output directory {str(path)!r} is not empty (pass overwrite=True / --overwrite)")
-        if not (out / METADATA_FILE).is_file():
+        reason = foreign_entry(out)
+        if reason is not None:
             raise OutputDirError(
-                f"output directory {str(path)!r} is not empty and is not an llmsparse output (no {METADATA_FILE}); "
+                f"output directory {str(path)!r} is not empty and is not an llmsparse output ({reason}); "
                 "--overwrite replaces only a previous llmsparse output or an empty directory"
             )
     return out

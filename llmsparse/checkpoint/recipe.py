@@ -40,6 +40,8 @@ def load_recipe(path: str | Path, kind: str = "prune") -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise RecipeError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    except RecursionError:
+        raise RecipeError(f"recipe {path} is nested too deeply to be a recipe (a recipe is a flat mapping of arguments)") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of {kind} arguments")
     unknown = sorted(set(data) - set(keys))

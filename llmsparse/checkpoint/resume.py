@@ -54,6 +54,20 @@ def ids_hash(ids: torch.Tensor | None) -> str | None:
     return None if ids is None else hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
+def _read_state(directory: Path) -> dict[str, Any] | None:
+    """The ``state.json`` of a partial directory (None when there is none), or :class:`ResumeError` for a damaged one."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # not UTF-8 or not JSON
+        raise ResumeError(f"{path} is damaged ({type(err).__name__}); remove {directory} to start over") from err
+    if not (isinstance(state, dict) and isinstance(state.get("args"), dict) and isinstance(state.get("passes"), dict) and "ids" in state):
+        raise ResumeError(f"{path} is not the state of an interrupted llmsparse run; remove {directory} to start over")
+    return state
+
+
 class Partial:
     """The partial directory of one streamed run: created fresh, or taken over from an interrupted run with ``resume``.
 
@@ -63,8 +77,9 @@ class Partial:
 
     def __init__(self, out: Path, args: dict[str, Any], resume: bool):
         self.dir = partial_dir(out)
-        state_path = self.dir / STATE_FILE
-        state = json.loads(state_path.read_text()) if state_path.is_file() else None
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise ResumeError(f"{self.dir} is not an interrupted run's state directory (a file or a link): move it away or choose another output")
+        state = _read_state(self.dir)
         if state is not None:
             if state.get("args") != args:
                 theirs = state.get("args", {})
@@ -99,14 +114,17 @@ class Partial:
         if entry is None:
             return 0, None, []
         saved = None
-        if entry["inputs"] is not None:
-            path = self.dir / entry["inputs"]
-            header = read_header(path)
-            tensors = read_tensors(path, list(header[0]), header)
-            hidden = [tensors[f"h{j}"] for j in range(entry["sequences"])]
-            dense = [tensors[f"d{j}"] for j in range(entry["sequences"])] if "d0" in tensors else None
-            saved = (hidden, dense)
-        return entry["done"] + 1, saved, list(entry["results"])
+        try:
+            if entry["inputs"] is not None:
+                path = self.dir / entry["inputs"]
+                header = read_header(path)
+                tensors = read_tensors(path, list(header[0]), header)
+                hidden = [tensors[f"h{j}"] for j in range(entry["sequences"])]
+                dense = [tensors[f"d{j}"] for j in range(entry["sequences"])] if "d0" in tensors else None
+                saved = (hidden, dense)
+            return int(entry["done"]) + 1, saved, list(entry["results"])
+        except (OSError, ValueError, KeyError, TypeError) as err:  # a deleted or truncated inputs file, a hand-edited state
+            raise ResumeError(f"the interrupted run's state in {self.dir} is damaged ({type(err).__name__}: {err}); remove that directory to start over") from err
 
     def record(self, key: str, index: int, hidden: list | None, dense: list | None, result: Any, last: bool) -> None:
         """Pass ``key`` finished layer ``index``: keep the next layer's inputs (unless it was the ``last``), then the state."""

@@ -11,8 +11,10 @@ layout :func:`llmsparse.load_model` reads back.
 from __future__ import annotations
 
 import json
+import logging
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,18 @@ import torch
 from .. import formats
 from ..activation.io import save_activation_state
 from ..core import bnb
+from ..core.checks import nonfinite
 from ..core.cpu import machine
 from ..core.layout import target_weights
-from ..errors import SettingsError
+from ..errors import OutputDirError, SettingsError
 from ..pruning.report import PruneReport
 from ..version import __version__
 from .card import model_card
-from .outdir import METADATA_FILE, claim, publish, staging
+from .outdir import claim, publish, staging
+from .ownership import METADATA_FILE, follow_umask, output_files
 from .recipe import dump_recipe
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "sparsity_report.json"
 ACTIVATION_REPORT_FILE = "activation_report.json"
@@ -50,6 +56,23 @@ def check_bnb_format(fmt: formats.Format, load_in: str | None) -> None:
     """A model quantized by bitsandbytes (``load_in``) is saved with its quantized weights, so only as ``dense``."""
     if load_in and fmt.compact:
         raise SettingsError(f"the model is quantized by bitsandbytes ({load_in}) and is saved as it is: --format {fmt.label} needs float weights; use --format dense")
+
+
+def nonfinite_tensors(model) -> list[str]:
+    """``"name: 2 NaN and 0 inf values"`` for every non-finite tensor of ``model``, each logged as a warning.
+
+    Pruning refuses non-finite weights in the decoder layers and non-finite calibration statistics (those
+    change masks); a NaN elsewhere (an embedding row calibration never reads, the head) cannot change a
+    mask and is the input model's own, so it is saved as it came, but never silently: the warning and
+    ``llmsparse.json``'s ``warnings`` name it.
+    """
+    found = []
+    for name, tensor in model.state_dict().items():
+        bad = nonfinite(tensor)
+        if bad:
+            found.append(f"{name}: {bad}")
+            log.warning("the model saved has %s in %s (the input model had them; no mask reads them)", bad, name)
+    return found
 
 
 def versions() -> dict[str, str]:
@@ -97,21 +120,36 @@ def save_pruned(
     check_bnb_format(fmt, bnb.quantized_in(model.config))
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
-    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
+    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp, write_errors(out):
         write_output(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
         publish(tmp, out, overwrite, inputs)
     return Path(output_dir)
+
+
+@contextmanager
+def write_errors(out: Path) -> Iterator[None]:
+    """A failed write (a full disk: ``OSError`` or safetensors' ``SafetensorError``) as one :class:`OutputDirError` line naming ``out``;
+    the staging directory around it is removed as for any failure."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        detail = " ".join(str(getattr(err, "strerror", None) or err).split())
+        raise OutputDirError(f"cannot write output {str(out)!r}: {detail} (is the disk full?); nothing was saved") from err
 
 
 def write_output(
     tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation=None, comparison=None, recipe_kind="prune", weights_saved=False
 ) -> None:
     """Every file of a saved model, into the staging directory ``tmp`` (``weights_saved``: the safetensors are there already)."""
+    warnings: list[str] = []
     if weights_saved:  # a streamed run wrote them layer by layer (llmsparse.checkpoint.stream)
         model.config.save_pretrained(tmp)
         if model.can_generate() and model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
     else:
+        warnings = nonfinite_tensors(model)
         model.save_pretrained(tmp, safe_serialization=True)
     save_activation_state(model, tmp)
     if fmt.compact:
@@ -122,6 +160,8 @@ def write_output(
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     metadata: dict[str, Any] = {"format": fmt.label, "base_model": base_model, "versions": versions(), "machine": machine().to_dict()}
+    if warnings:
+        metadata["warnings"] = [f"non-finite values in {w}" for w in warnings]
     if recipe is not None:
         metadata["recipe"] = recipe
         metadata["recipe_kind"] = recipe_kind
@@ -136,4 +176,6 @@ def write_output(
         comparison.save(tmp)
     table = comparison.markdown() if comparison is not None else None
     (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config)), encoding="utf-8")
+    metadata["files"] = [*output_files(tmp), METADATA_FILE]  # what --overwrite may replace later (outdir.foreign_entry)
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output
+    follow_umask(tmp)

@@ -22,7 +22,7 @@ from ..core import cpu
 from ..core.cpu import parse_dtype
 from ..core.layout import resolve_device
 from ..core.memory import return_freed_blocks
-from ..errors import ModelError, SettingsError
+from ..errors import LlmsparseError, ModelError, SettingsError
 from ..pruning.api import run_prune
 from ..pruning.report import PruneReport
 from ..settings import api
@@ -31,7 +31,7 @@ from .layerstore import Checkpoint, Streamed, checkpoint_dir, skeleton
 from .outdir import claim, publish, staging
 from .recipe import run_recipe
 from .resume import Partial
-from .save import compressible_weights, write_output
+from .save import compressible_weights, write_errors, write_output
 
 
 def fingerprint(directory: Path, dtype: torch.dtype | None, s: StreamSettings, forwards: torch.dtype | None = None) -> dict:
@@ -106,14 +106,22 @@ def prune_checkpoint(
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load a tokenizer from {str(directory)!r}: {err}") from err
         forwards = cpu.compute_dtype(next(model.parameters()).dtype, resolve_device(s.device), parse_dtype(s.compute_dtype))
-        store = Streamed(model, Checkpoint(directory), Partial(out, fingerprint(directory, weight_dtype, s, forwards), s.resume))
-        report = run_prune(model, tokenizer, s, store)
-        targets = compressible_weights(model, fmt, report) if fmt.compact else []
-        store.write_outer()
-        with staging(out) as tmp:
-            store.link_into(tmp)
-            write_output(tmp, model, tokenizer, fmt, targets, report, run_recipe(s, report) | {"stream": True}, str(source), weights_saved=True)
-            publish(tmp, out, overwrite, inputs)
-        store.partial.remove()
+        checkpoint = Checkpoint(directory)
+        checkpoint.check(model)
+        partial = Partial(out, fingerprint(directory, weight_dtype, s, forwards), s.resume)
+        try:
+            store = Streamed(model, checkpoint, partial)
+            report = run_prune(model, tokenizer, s, store)
+            targets = compressible_weights(model, fmt, report) if fmt.compact else []
+            store.write_outer()
+            with staging(out) as tmp, write_errors(out):
+                store.link_into(tmp)
+                write_output(tmp, model, tokenizer, fmt, targets, report, run_recipe(s, report) | {"stream": True}, str(source), weights_saved=True)
+                publish(tmp, out, overwrite, inputs)
+        except LlmsparseError:  # refused: nothing to resume, so remove what this run created (an interruption keeps it)
+            if not partial.resumed:
+                partial.remove()
+            raise
+        partial.remove()
     return report
 

@@ -10,6 +10,7 @@ from ..checkpoint.load import LoadSettings, check_source
 from ..checkpoint.outdir import check_results_dir
 from ..checkpoint.save import METADATA_FILE
 from ..data.text import check_eval_source
+from ..errors import EvaluationError
 from ..evaluation.compare import EvalSettings, comma_list, compare
 from . import flags, preflight
 
@@ -33,7 +34,9 @@ def check_before_loading(models: list[str], settings: EvalSettings, output: str 
     settings.check()
     for source in models:
         check_source(source)
-        preflight.model_dir(source, trust_remote_code)
+        directory = preflight.model_dir(source, trust_remote_code)
+        if directory is not None and settings.ppl:
+            preflight.check_length(directory, settings.ppl_seqlen, trust_remote_code, "perplexity seqlen", EvaluationError)
     if settings.ppl:
         check_eval_source(settings.ppl)
     if output:

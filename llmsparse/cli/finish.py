@@ -60,7 +60,7 @@ class PplCheck(Settings):
     ppl_windows: int | None = ppl_windows_setting()
 
 
-def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quantize: str = "none") -> OutputSettings:
+def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quantize: str = "none", symmetric: bool = True) -> OutputSettings:
     """The output settings, with the format checked against ``pattern`` (what the run prunes) and ``quantize``, and the Hub upload against ``--output``.
 
     A run that quantizes saves as ``pack-quantized`` unless ``--format`` says otherwise.
@@ -69,10 +69,17 @@ def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quant
     if quantize != "none":
         values.setdefault("format", QUANTIZED_FORMAT)
     out = OutputSettings(**values)
+    if out.output is not None and not out.output.strip():
+        raise SettingsError("--output: is empty; give a directory (or leave --output out to save nothing)")
     fmt = get_format(out.format)
     check_bnb_format(fmt, getattr(args, "load_in", None))
     if fmt.quantized and quantize == "none":
         raise SettingsError(f"--format {out.format} stores quantized weights: add --quantize int4 or int8")
+    if fmt.label == QUANTIZED_FORMAT and not symmetric:
+        raise SettingsError(
+            f"--asymmetric: --format {QUANTIZED_FORMAT} (the default with --quantize) stores symmetric grids only "
+            "(transformers + compressed-tensors refuse packed zero points); drop --asymmetric or add --format bitmask"
+        )
     if pattern is not None:
         fmt.check(pattern)
     if out.push_to_hub and not out.output:
@@ -89,7 +96,7 @@ def run_inputs(args: argparse.Namespace, settings: Settings) -> list[str]:
 @contextmanager
 def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Pattern | None = None) -> Iterator[OutputSettings]:
     """Everything about the output and the evaluation text checked before the model loads; the output is held until the run ends."""
-    out = check_output(args, pattern, getattr(settings, "quantize", "none"))
+    out = check_output(args, pattern, getattr(settings, "quantize", "none"), getattr(settings, "symmetric", True))
     check = PplCheck(**given(PplCheck, args))
     if check.eval_ppl:
         check_eval_source(check.eval_ppl)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -169,17 +171,33 @@ def option_values(args: argparse.Namespace, chosen: str) -> dict[str, Any]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (staging directory, lock, partial state)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command``; an :class:`~llmsparse.errors.LlmsparseError` becomes one line on stderr and exit code 2,
-    Ctrl-C one line and exit code 130 (the run's temporary files are removed on the way out)."""
+    Ctrl-C one line and exit code 130, SIGTERM one line and exit code 143 (the run's temporary files are removed
+    on the way out in both cases)."""
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return command(args)
     except LlmsparseError as err:
         print(f"llmsparse: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("llmsparse: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("llmsparse: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass

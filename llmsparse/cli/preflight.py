@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint.load import check_quantizer, check_source
 from ..core.layout import get_weight, select_targets
 from ..core.masks import Pattern, check_width
-from ..data.calibration import check_positions
+from ..data.calibration import check_calibration_memory, check_positions
 from ..errors import CalibrationDataError, LlmsparseError, ModelError
 from ..formats import shard_files
 from ..pruning.api import PruneSettings
@@ -31,12 +32,14 @@ def model_dir(source: str, trust_remote_code: bool = False) -> Path | None:
 
     directory = Path(source)
     if not directory.is_dir():
+        check_source(source)  # a file that is not .gguf, a local path that does not exist
         return None
     if not (directory / "config.json").is_file():
         raise ModelError(f"model directory {source!r} has no config.json")
-    _config(directory, trust_remote_code)
+    check_quantizer(_config(directory, trust_remote_code), source)
     if not any(any(directory.glob(pattern)) for pattern in TOKENIZER_GLOBS):
         raise ModelError(f"model directory {source!r} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json...); copy the base model's tokenizer files into it")
+    _tokenizer_json(directory)
     shards = shard_files(directory)
     if not shards:
         raise ModelError(f"model directory {source!r} has no safetensors weights (model.safetensors or an index); only safetensors are loaded")
@@ -47,6 +50,19 @@ def model_dir(source: str, trust_remote_code: bool = False) -> Path | None:
         except (SafetensorError, OSError) as err:
             raise ModelError(f"weights file {str(shard)!r} is corrupt or truncated: {err}") from err
     return directory
+
+
+def _tokenizer_json(directory: Path) -> None:
+    """Refuse a ``tokenizer.json`` the tokenizers library cannot read (truncated, not JSON, not a tokenizer) before the load."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for every parse error
+        raise ModelError(f"tokenizer file {str(path)!r} is corrupt: {' '.join(str(err).split())[:200]}; copy the base model's tokenizer files into it") from err
 
 
 def _config(directory: Path, trust_remote_code: bool):
@@ -68,6 +84,7 @@ def check_shapes(directory: Path, settings: PruneSettings, pattern: Pattern, cal
     config = _config(directory, trust_remote_code)
     if calibrated and not isinstance(settings.calib, torch.Tensor):
         check_positions(config, settings.seqlen)
+        check_calibration_memory(config, settings.nsamples, settings.seqlen)
     if hasattr(config, "quantization_config"):  # a compact checkpoint: llmsparse's own reader, not a quantizer
         del config.quantization_config
     try:

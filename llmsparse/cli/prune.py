@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     settings = flags.settings_from(PruneJob, args, load_recipe(args.recipe, "prune") if args.recipe else None, METHODS)
     # everything that can be checked before the (slow) model load
     method, _, pattern = check_request(settings)
+    parse_dtype(settings.compute_dtype)  # --compute-dtype int8: refused now, not after the load
     needs = calibration_needs(method, settings)
     if needs:
         check_calib(settings.calib, needs, settings.text_field)
@@ -57,7 +58,7 @@ def _stream(args: argparse.Namespace, settings: PruneJob, pattern, calibrated: b
     if not args.output:
         raise SettingsError("--stream writes each finished layer to the output at once: give --output DIR")
     if args.eval_ppl:
-        raise SettingsError("--eval-ppl needs the whole model in memory; with --stream, evaluate the saved output (llmsparse evaluate DIR)")
+        raise SettingsError("--eval-ppl needs the whole model in memory; with --stream, evaluate the saved output (llmsparse eval DIR)")
     directory = preflight.model_dir(str(checkpoint_dir(args.model)), bool(args.trust_remote_code))
     preflight.check_shapes(directory, settings, pattern, calibrated, bool(args.trust_remote_code))
     with tail.claimed_output(args, settings, pattern) as out:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NonFiniteError
+from ..errors import CalibrationError, NonFiniteError
 
 
 def nonfinite(tensor: torch.Tensor) -> str | None:
@@ -65,8 +65,19 @@ def _tensors(obj: Any, path: str, depth: int = 3):
 
 
 def check_statistics(name: str, stats: Any) -> None:
-    """Refuse calibration statistics of matrix ``name`` (the tensors of its stats object) that are not finite."""
-    for path, tensor in _tensors(stats, ""):
+    """Refuse calibration statistics of matrix ``name`` (the tensors of its stats object) that are not finite, or all zero.
+
+    All-zero statistics mean every calibration input of the matrix was zero (an all-zero embedding, a dead
+    layer): every score ties, so a mask would be chosen by position and SparseGPT's update would zero the
+    whole matrix. That is an error, not a result.
+    """
+    found = [(path, tensor) for path, tensor in _tensors(stats, "") if tensor.is_floating_point() and tensor.numel()]
+    if found and not any(bool(tensor.any()) for _, tensor in found):
+        raise CalibrationError(
+            f"calibration inputs of {name} are all zero ({type(stats).__name__} holds only zeros): the weights cannot be ranked; "
+            "is the embedding or an earlier layer all zero?"
+        )
+    for path, tensor in found:
         bad = nonfinite(tensor)
         if bad:
             raise NonFiniteError(

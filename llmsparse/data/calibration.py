@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CalibrationDataError, LlmsparseError
+from ..core.memory import available_memory
+from ..errors import CalibrationDataError, LlmsparseError, MemoryLimitError
 from ..settings import at_least, in_range, setting
 from .text import read_text
 
@@ -55,6 +56,29 @@ def check_calib(calib, what: str, text_field: str = "text") -> None:
         raise CalibrationDataError(f"{what} needs --calib (calib= in Python): a file, {', '.join(HUB_DATASETS)}, or '{SELF}'")
     if isinstance(calib, (str, Path)) and (Path(calib).exists() or str(calib) not in (SELF, *HUB_DATASETS)):
         read_text(calib, text_field)
+    elif isinstance(calib, str) and calib in HUB_DATASETS:
+        check_hub_reachable(calib)
+
+
+def check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Refuse a Hub calibration dataset when the Hub cannot be reached (before the model loads, not after).
+
+    With ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` set, ``datasets`` reads its cache and says itself what is missing.
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+        return
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)), timeout=timeout).close()
+    except OSError as err:
+        raise CalibrationDataError(
+            f"--calib {name} downloads from the Hub, which cannot be reached ({url.hostname}: {err.strerror or err}): "
+            "give a local text file, or set HF_DATASETS_OFFLINE=1 to use a cached copy"
+        ) from err
 
 
 def check_positions(config, seqlen: int, what: str = "calibration seqlen", error: type[LlmsparseError] = CalibrationDataError) -> None:
@@ -114,6 +138,24 @@ def calibration_ids(
     return _hub_ids(source, tokenizer, nsamples, seqlen, seed)
 
 
+def calibration_bytes(config, nsamples: int, seqlen: int) -> int:
+    """Bytes a calibration of ``nsamples x seqlen`` tokens holds at least: the int64 ids and, per token, a layer's
+    float32 inputs and outputs (the engine keeps both for every sequence while it walks the layers)."""
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 0
+    return nsamples * seqlen * (8 + 2 * 4 * int(hidden))
+
+
+def check_calibration_memory(config, nsamples: int, seqlen: int, available: int | None = None) -> None:
+    """Refuse a calibration set that cannot fit in the available memory (``--nsamples 2000000000``) before allocating it."""
+    need = calibration_bytes(config, nsamples, seqlen)
+    free = available_memory() if available is None else available
+    if free is not None and need > free:
+        raise MemoryLimitError(
+            f"calibration of {nsamples} sequences of {seqlen} tokens needs at least {need / 2**30:.2f} GiB (token ids and one layer's "
+            f"hidden states) but only {free / 2**30:.2f} GiB of memory is available: lower --nsamples or --seqlen"
+        )
+
+
 def calibration_batch(
     model, tokenizer, calib, nsamples: int, seqlen: int, seed: int, text_field: str, what: str
 ) -> tuple[torch.Tensor, dict]:
@@ -124,6 +166,8 @@ def calibration_batch(
     if calib is None:
         raise CalibrationDataError(f"{what} needs calibration data: pass calib=PATH, a Hub name or 'self'")
     check_positions(model.config, calib.shape[-1] if isinstance(calib, torch.Tensor) else seqlen)
+    if not isinstance(calib, torch.Tensor):
+        check_calibration_memory(model.config, nsamples, seqlen)
     ids = calibration_ids(calib, tokenizer, nsamples, seqlen, seed, model=model, text_field=text_field)
     check_ids(ids, model.get_input_embeddings().num_embeddings)
     info = {"source": calib if isinstance(calib, str) else "tensor", "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "seed": seed}

@@ -69,8 +69,9 @@ def read_text(
         raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); is it a binary file?") from err
     except OSError as err:
         raise error(f"cannot read {what} {str(path)!r}: {err.strerror or err}") from err
-    if not text.strip():
-        raise error(f"{what} {str(path)!r} holds no text")
+    if not any(c.isprintable() and not c.isspace() for c in text):  # stops at the first visible character
+        control = " (only control characters such as NUL bytes)" if text.strip() else ""
+        raise error(f"{what} {str(path)!r} holds no text{control}")
     return text
 
 

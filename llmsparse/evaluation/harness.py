@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnknownTaskError
+from ..errors import EvaluationError, UnknownTaskError
 
 
 @dataclass
@@ -87,6 +87,31 @@ def check_tasks(tasks: list[str], manager) -> None:
             raise UnknownTaskError(
                 f"unknown lm-eval task {name!r}{hint} (local tasks need --include-path DIR, written by eval/build_tasks.py)"
             )
+    _check_task_data(tasks, manager)
+
+
+def _check_task_data(tasks: list[str], manager) -> None:
+    """Refuse a local task (``dataset_path: json``, as ``eval/build_tasks.py`` writes) whose data file is gone, before any model loads.
+
+    Tags are followed to their tasks; tasks that read a Hub dataset are left to lm-eval.
+    """
+    index = getattr(manager, "task_index", {})
+    todo, seen = list(tasks), set()
+    while todo:
+        name = todo.pop()
+        entry = index.get(name) if name not in seen else None
+        seen.add(name)
+        if entry is None:
+            continue
+        if getattr(getattr(entry, "kind", None), "name", "") == "TAG":
+            todo.extend(getattr(entry, "tags", None) or ())
+            continue
+        cfg = getattr(entry, "cfg", None) or {}
+        files = (cfg.get("dataset_kwargs") or {}).get("data_files") if cfg.get("dataset_path") in ("json", "csv", "text", "parquet") else None
+        files = list(files.values()) if isinstance(files, dict) else [files] if isinstance(files, str) else list(files or [])
+        for file in (f for group in files for f in ([group] if isinstance(group, str) else group)):
+            if not Path(file).exists():
+                raise EvaluationError(f"task {name!r} reads {file!r}, which does not exist: rebuild the tasks (eval/build_tasks.py) or fix --include-path")
 
 
 def _token_perplexity(samples: list[dict], lm) -> tuple[float, int]:

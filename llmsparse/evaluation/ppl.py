@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.calibration import check_positions
 from ..data.text import eval_text
 from ..errors import EvaluationError, SettingsError
 from ..settings import at_least, setting
@@ -48,6 +49,7 @@ def perplexity(model, tokenizer, source: str, seqlen: int = 1024, windows: int |
     """Perplexity of ``model`` on ``source`` over the first ``windows`` windows (all when ``None``)."""
     if seqlen < 2 or (windows is not None and windows < 1):
         raise SettingsError(f"perplexity needs seqlen >= 2 and windows >= 1 (or None: all), got seqlen {seqlen} and windows {windows}")
+    check_positions(model.config, seqlen, "perplexity seqlen", EvaluationError)  # past them: an IndexError, or a number that means nothing
     ids = tokenizer(eval_text(source), return_tensors="pt").input_ids[0]
     available = ids.numel() // seqlen
     count = available if windows is None else min(windows, available)

@@ -99,10 +99,15 @@ def open_run(directory: Path, spec: SweepSpec) -> dict:
     path = directory / JSON_FILE
     if path.is_file():
         try:
-            run = json.loads(path.read_text())
+            run = json.loads(path.read_text(encoding="utf-8"))
             stored = run["spec"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SweepDirError(f"{path} is not a readable sweep record ({err}); use another --output") from err
+            points = run.get("points")
+            if not (isinstance(stored, dict) and isinstance(points, dict) and isinstance(run.get("commands"), list)):
+                raise TypeError("its spec, points or commands are not what a sweep writes")
+            if not all(isinstance(p, dict) and {"method", "sparsity", "pattern", "eval"} <= set(p) for p in points.values()):
+                raise TypeError("a point lacks its method, sparsity, pattern or eval")
+        except (ValueError, KeyError, TypeError, RecursionError) as err:  # not UTF-8, not JSON, or not a sweep's JSON
+            raise SweepDirError(f"{path} is not a readable sweep record ({type(err).__name__}: {str(err)[:200]}); use another --output") from err
         ours = json.loads(json.dumps(spec.to_dict()))
         changed = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))  # a key added since reads as None
         if changed:

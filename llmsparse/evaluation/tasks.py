@@ -169,7 +169,11 @@ def build_local_tasks(
         raise TaskBuildError(f"task name {name!r} must start with a letter and hold only letters, digits and _")
     if not path.is_file():
         raise TaskBuildError(f"text file {str(path)!r} does not exist")
-    split = _split(path.read_text(encoding="utf-8"), passages, cloze)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TaskBuildError(f"text file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); is it a binary file?") from err
+    split = _split(raw, passages, cloze)
     if not any(line.strip() for line in split.lines):
         raise TaskBuildError(f"{path} holds no text")
     try:

@@ -56,7 +56,11 @@ def shard_files(directory: Path) -> list[Path]:
     if name is None:
         return []
     if name.endswith(".index.json"):
-        return [directory / f for f in sorted(set(json.loads((directory / name).read_text())["weight_map"].values()))]
+        try:
+            files = json.loads((directory / name).read_text(encoding="utf-8"))["weight_map"].values()
+            return [directory / f for f in sorted(set(files))]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:  # not JSON, no weight_map, not a mapping
+            raise CheckpointError(f"weights index {str(directory / name)!r} is not a valid index (JSON with a weight_map of tensor -> file): {type(err).__name__}: {err}") from err
     return [directory / name]
 
 

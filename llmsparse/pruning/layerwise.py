@@ -27,6 +27,7 @@ from ..core.stats import Bundle
 from ..gpu.oom import layer_oom
 from ..methods import Method
 from .passes import Pass
+from .realised import check_realised
 from .report import MatrixReport
 
 
@@ -66,6 +67,7 @@ def prune_matrix(ctx: PruneContext, visit: LayerVisit, name: str, module: nn.Mod
     master = visit.master(module)
     dense = master.to(ctx.run.device, torch.float32)
     bundle = stats if isinstance(stats, Bundle) else None
+    zeros_before = int((dense == 0).sum())
     result = ctx.method.prune(dense, bundle.method if bundle else stats, sparsity, ctx.pattern, name=name)
     for p, p_stats in zip(ctx.passes, bundle.passes if bundle else [None] * len(ctx.passes)):
         result = p.apply(name, dense, result, p_stats, ctx.pattern)
@@ -74,7 +76,8 @@ def prune_matrix(ctx: PruneContext, visit: LayerVisit, name: str, module: nn.Mod
         setattr(module, STATE_ATTR, result.quant)  # the grid parameters, for exports that store codes
     master.copy_(result.weight)  # rounds to the storage dtype: the re-run sees exactly the saved weights
     get_weight(module).copy_(master)
-    report = MatrixReport(name, visit.index, list(master.shape), sparsity, int((master == 0).sum()), result.error, result.notes)
+    zeros = check_realised(name, zeros_before, master, sparsity, ctx.pattern, result.quant is not None, ctx.method.name)  # never a silent miss
+    report = MatrixReport(name, visit.index, list(master.shape), sparsity, zeros, result.error, result.notes)
     return asdict(report)
 
 
