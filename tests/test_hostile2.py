@@ -209,8 +209,7 @@ EDGES = {int: ["0", "-1", "nan", "inf", "1000000000000"], float: ["0", "-1", "na
 def option_cases():
     """``(method, option, value)`` for every numeric option of every registered method and each edge value.
 
-    A case whose option declares no range check (``setting(..., check=...)``) is an expected failure until it does:
-    the range checks are the lead's part of issue 31 item 3; once an option has one, its cases must pass.
+    Every such option declares its range (``setting(..., check=...)``): asserted here, so a new option without one fails.
     """
     from llmsparse.methods import METHODS
     from llmsparse.registry import config_fields
@@ -220,9 +219,9 @@ def option_cases():
             kind = type(f.default)
             if kind not in EDGES:  # bool and str options: choices, checked elsewhere
                 continue
-            marks = [] if f.metadata.get("check") else [pytest.mark.xfail(reason=f"{name} option {f.name} has no range check yet (issue 31 item 3, lead)", strict=False)]
+            assert f.metadata.get("check"), f"{name} option {f.name} declares no range check"
             for value in EDGES[kind]:
-                yield pytest.param(name, f.name, value, marks=marks, id=f"{name}-{f.name}={value}")
+                yield pytest.param(name, f.name, value, id=f"{name}-{f.name}={value}")
 
 
 class Overran(Exception):

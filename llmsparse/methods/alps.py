@@ -28,7 +28,7 @@ from ..core.hessian import reconstruction_error
 from ..core.masks import Pattern
 from ..core.solvers import Problem, pcg
 from ..core.stats import Hessian
-from ..settings import Settings, at_least, greater_than, setting
+from ..settings import Settings, at_least, in_range, setting
 from .base import Method, PruneResult, register
 
 
@@ -98,7 +98,7 @@ def alps_prune(
 
 @dataclass
 class ALPSConfig(Settings):
-    rho0: float = setting(0.1, "initial ADMM penalty (grows on the schedule)", check=greater_than(0))
+    rho0: float = setting(0.1, "initial ADMM penalty (grows on the schedule, which stops at 1e6)", check=in_range(0, 1e6, low_open=True))
     max_iter: int = setting(300, "most ADMM iterations", check=at_least(1))
     pcg_iters: int = setting(10, "conjugate-gradient steps on the final support", check=at_least(0))
     lambda2: float = setting(0.01, "ridge toward the dense weights, times mean(diag H)", check=at_least(0))
