@@ -17,7 +17,8 @@ PACKAGE = Path(llmsparse.__file__).parent
 LAYERS = [
     {"errors"},
     {"registry", "settings", "version"},
-    {"core", "gpu"},
+    {"core"},
+    {"gpu"},
     {"data"},
     {"methods", "formats"},
     {"runtime"},

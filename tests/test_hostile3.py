@@ -203,7 +203,7 @@ def test_sigterm_cleans_up_like_ctrl_c(model_dir, tmp_path, point):
         (["--output", ""], ["--output: is empty"]),
         (["--method", "wanda", "--calib", "{nul}"], ["holds no text (only control characters such as NUL bytes)"]),
         (["--method", "wanda", "--calib", "c4"], ["--calib c4 downloads from the Hub, which cannot be reached"]),
-        (["--compute-dtype", "int8"], ["unknown dtype 'int8'"]),
+        (["--compute-dtype", "int8"], ["unknown compute dtype 'int8'"]),
         (["--quantize", "int4", "--group-size", "32", "--asymmetric"], ["--asymmetric: --format pack-quantized (the default with --quantize) stores symmetric grids only"]),
         (["--stream", "--eval-ppl", str(VALID)], ["(llmsparse eval DIR)"]),
     ],

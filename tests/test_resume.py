@@ -75,7 +75,7 @@ def test_crash_between_layers(tmp_path, setup, monkeypatch, calls):
 
 
 def test_crash_mid_layer(tmp_path, setup, monkeypatch):
-    interrupted_then_resumed(tmp_path, setup, monkeypatch, layerwise, "_prune_matrix", 10)  # layer 1, 3rd matrix
+    interrupted_then_resumed(tmp_path, setup, monkeypatch, layerwise, "prune_matrix", 10)  # layer 1, 3rd matrix
 
 
 def test_crash_during_the_final_write(tmp_path, setup, monkeypatch):
