@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         check_fits(shard_files(directory), parse_dtype(args.dtype))
     with tail.claimed_output(args, settings, pattern) as out:
         model, tokenizer = flags.load(args)
+        structured_cli.leave_removed_attention(settings, model)
         return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings)), settings, "report")
 
 

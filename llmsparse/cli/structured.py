@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,7 @@ from ..pruning.api import PruneSettings
 from ..settings import check_values
 from ..structured import STRUCTURED, StructuredSettings, prune_structured
 from ..structured.save import save_structured
+from ..structured.surgery import removed_attention_names
 from . import finish as tail
 from . import flags
 
@@ -52,6 +54,15 @@ def _recipe(path: str | None) -> dict:
 def wanted(args: argparse.Namespace) -> bool:
     """True when the run asks for a structured method (on the command line or in its recipe)."""
     return (args.method or _recipe(args.recipe).get("method")) in STRUCTURED
+
+
+def leave_removed_attention(settings: PruneSettings, model) -> None:
+    """An unstructured run on a structured output skips the removed (all-zero, not computed) attention modules."""
+    names = removed_attention_names(model)
+    if names:
+        ignore = [settings.ignore] if isinstance(settings.ignore, str) else list(settings.ignore or [])
+        settings.ignore = ignore + [f"^{re.escape(n)}\\." for n in names]
+        print(f"attention modules removed by structured pruning are left alone: {', '.join(names)}")
 
 
 def run(args: argparse.Namespace) -> int:

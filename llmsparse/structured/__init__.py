@@ -7,9 +7,8 @@ writes a checkpoint that stock transformers loads as the same function.
 
 from __future__ import annotations
 
-from .api import StructuredSettings, prune_structured
 from . import methods  # noqa: F401  (registers the methods)
+from .api import StructuredSettings, prune_structured
 from .base import STRUCTURED, StructuredMethod, StructuredReport
-
 
 __all__ = ["STRUCTURED", "StructuredMethod", "StructuredReport", "StructuredSettings", "prune_structured"]

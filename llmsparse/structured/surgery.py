@@ -137,3 +137,13 @@ def skip_removed_attention(model: nn.Module) -> list[int]:
             found[i].attention.forward = MethodType(_zero_attention, found[i].attention)
     return removed
 
+
+
+def removed_attention_names(model: nn.Module) -> list[str]:
+    """Qualified names of the recorded removed attention modules (a later unstructured run leaves them alone)."""
+    rec = getattr(model.config, CONFIG_KEY, None)
+    if not isinstance(rec, dict) or not rec.get("removed_attention"):
+        return []
+    _, found = blocks(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(found[i].attention)] for i in rec["removed_attention"]]
