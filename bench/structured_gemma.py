@@ -131,6 +131,7 @@ def child(spec: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             model.to("cpu").save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            out["bytes_on_disk"] = sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors"))
             del model
             stock = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
             out["stock"] = speed(stock, text_ids, device)
