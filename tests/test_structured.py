@@ -200,3 +200,21 @@ def test_cli_bad_input_one_line_nothing_written(model_dir, tmp_path, capsys, ext
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress bars aside
     assert code == 2 and len(errors) == 1 and errors[0].startswith("llmsparse: error:") and message in errors[0]
     assert not out.exists()
+
+
+def test_cli_structured_recipe(model_dir, tmp_path):
+    """A structured recipe runs through ``llmsparse prune --recipe``; the saved recipe.yaml repeats the run."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 200))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: shortgpt\nsparsity: 0.5\ncalib: {calib}\nnsamples: 4\nseqlen: 32\n")
+    assert main(["prune", str(model_dir), "--recipe", str(recipe), "--output", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert main(["prune", str(model_dir), "--recipe", str(tmp_path / "a" / "recipe.yaml"), "--output", str(tmp_path / "b")]) == 0
+    a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: 2ssp\nsparsity: 0.3\npattern: 2:4\n")
+    assert main(["prune", str(model_dir), "--recipe", str(bad), "--output", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "c").exists()
