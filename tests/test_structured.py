@@ -218,3 +218,19 @@ def test_cli_structured_recipe(model_dir, tmp_path):
     bad.write_text("method: 2ssp\nsparsity: 0.3\npattern: 2:4\n")
     assert main(["prune", str(model_dir), "--recipe", str(bad), "--output", str(tmp_path / "c")]) == 2
     assert not (tmp_path / "c").exists()
+
+
+def test_shipped_structured_recipes_are_valid():
+    from pathlib import Path
+
+    import yaml
+
+    from llmsparse.settings import check_values
+    from llmsparse.structured import StructuredSettings
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes" / "structured").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        data = yaml.safe_load(path.read_text())
+        check_values(StructuredSettings, data)
+        assert data["method"] in STRUCTURED and set(data) <= set(StructuredSettings.recipe_keys())
