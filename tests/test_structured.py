@@ -190,16 +190,25 @@ def test_cli_prune_structured_and_second_run(model_dir, tmp_path, capsys):
         (["--sparsity", "0.3", "--pattern", "2:4"], "--pattern"),
         (["--sparsity", "0.3", "--2ssp-alpha", "-1"], "alpha"),
         (["--sparsity", "0.3", "--shortgpt-last-token"], "shortgpt"),
+        (["--sparsity", "0.3", "--width-multiple", "0"], "width-multiple"),
     ],
 )
 def test_cli_bad_input_one_line_nothing_written(model_dir, tmp_path, capsys, extra, message):
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(["the quick brown fox"] * 200))
     out = tmp_path / "out"
-    code = main(["prune", str(model_dir), "--method", "2ssp", *extra, "--calib", str(calib), "--nsamples", "2", "--seqlen", "16", "--output", str(out)])
+    try:
+        code = main(["prune", str(model_dir), "--method", "2ssp", *extra, "--calib", str(calib), "--nsamples", "2", "--seqlen", "16", "--output", str(out)])
+    except SystemExit as exit_:  # argparse refuses flag values itself
+        code = exit_.code
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress bars aside
     assert code == 2 and len(errors) == 1 and errors[0].startswith("llmsparse: error:") and message in errors[0]
     assert not out.exists()
+
+
+def test_structured_flag_refused_for_unstructured(model_dir, tmp_path, capsys):
+    code = main(["prune", str(model_dir), "--method", "wanda", "--sparsity", "0.5", "--width-multiple", "8", "--output", str(tmp_path / "o")])
+    assert code == 2 and "applies to structured methods" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_cli_structured_recipe(model_dir, tmp_path):
@@ -234,3 +243,19 @@ def test_shipped_structured_recipes_are_valid():
         data = yaml.safe_load(path.read_text())
         check_values(StructuredSettings, data)
         assert data["method"] in STRUCTURED and set(data) <= set(StructuredSettings.recipe_keys())
+
+
+@pytest.mark.parametrize("then", [["--method", "sparsegpt", "--sparsity", "0.5", "--quantize", "int4", "--group-size", "16", "--format", "bitmask"], ["--method", "wanda", "--pattern", "2:4", "--format", "2:4"]])
+def test_then_quantize_or_nm_and_reload(model_dir, tmp_path, then, ids):
+    """Quantization and N:M after 2SSP, compact formats included: llmsparse reloads them and the perplexity runs."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 200))
+    common = ["--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]
+    first = ["prune", str(model_dir), "--method", "2ssp", "--sparsity", "0.4", "--width-multiple", "16", *common, "--output", str(tmp_path / "s")]
+    assert main(first) == 0
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["intermediate_size"] % 16 == 0
+    assert main(["prune", str(tmp_path / "s"), *then, *common, "--output", str(tmp_path / "t")]) == 0
+    model, tok = llmsparse.load_model(tmp_path / "t")
+    assert model.config.intermediate_size < 128 and model.config.llmsparse_structured["removed_attention"]
+    assert torch.isfinite(logits(model, ids[:1])).all()
+    assert llmsparse.perplexity(model, tok, str(calib), seqlen=32, windows=2).ppl > 1

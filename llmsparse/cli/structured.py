@@ -38,6 +38,8 @@ def accept_structured(parser: argparse.ArgumentParser) -> None:
 
     parse.__name__ = "method"
     action.type = parse
+    seen = {a.dest for a in parser._actions}  # the flags prune already has (--sparsity, --calib, ...) serve both
+    flags.add_settings(parser, StructuredSettings, seen, "structured pruning (--method 2ssp|shortgpt|width)")
     flags.add_option_flags(parser, STRUCTURED, "structured method options")
 
 
@@ -52,8 +54,13 @@ def _recipe(path: str | None) -> dict:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """True when the run asks for a structured method (on the command line or in its recipe)."""
-    return (args.method or _recipe(args.recipe).get("method")) in STRUCTURED
+    """True when the run asks for a structured method (on the command line or in its recipe); structured-only flags otherwise are refused."""
+    if (args.method or _recipe(args.recipe).get("method")) in STRUCTURED:
+        return True
+    own = sorted(set(flags.given(StructuredSettings, args)) - {f.name for f in dataclasses.fields(PruneSettings)})
+    if own:
+        raise SettingsError(f"--{own[0].replace('_', '-')} applies to structured methods ({', '.join(sorted(STRUCTURED))}) only")
+    return False
 
 
 def leave_removed_attention(settings: PruneSettings, model) -> None:

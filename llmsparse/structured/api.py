@@ -18,7 +18,7 @@ import torch
 from ..core.layout import resolve_device
 from ..data.calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
 from ..errors import ModelError
-from ..settings import Settings, api, device_setting, in_range, setting
+from ..settings import Settings, api, at_least, device_setting, in_range, setting
 from .anatomy import blocks, width_field
 from .base import STRUCTURED, Budget, Shape, StructuredReport
 from .surgery import record
@@ -35,6 +35,10 @@ class StructuredSettings(Settings):
     seqlen: int = seqlen_setting(2048)
     seed: int = seed_setting()
     text_field: str = text_field_setting()
+    width_multiple: int = setting(
+        1, "keep the FFN width a multiple of this (4 for 2:4 afterwards, a quantization group size, 64/128 for GPU tiles); "
+        "the neuron count is rounded to it and the report gives the exact fraction", check=at_least(1),
+    )
     method_options: dict | None = setting({}, "options of the method (command line: --<method>-<option>)", cli=False)
     device: str | torch.device | None = device_setting()
 
@@ -58,6 +62,9 @@ def prune_structured(model, tokenizer, s: StructuredSettings = None) -> Structur
     if record(model).get("method"):
         raise ModelError(f"this model was already pruned structurally ({record(model)['method']}); prune the original model")
     budget: Budget = method.budget(shape, s.sparsity)
+    if budget.neurons and s.width_multiple > 1:
+        keep = max(s.width_multiple, round((shape.width - budget.neurons) / s.width_multiple) * s.width_multiple)
+        budget.neurons = max(0, shape.width - keep)
     device = resolve_device(s.device)
     model.to(device)
     ids, info = None, None
