@@ -259,3 +259,13 @@ def test_then_quantize_or_nm_and_reload(model_dir, tmp_path, then, ids):
     assert model.config.intermediate_size < 128 and model.config.llmsparse_structured["removed_attention"]
     assert torch.isfinite(logits(model, ids[:1])).all()
     assert llmsparse.perplexity(model, tok, str(calib), seqlen=32, windows=2).ppl > 1
+
+
+def test_second_structured_run_refused_and_failed_run_leaves_config(ids):
+    model = tiny_model("llama")
+    with pytest.raises(SparsityError):
+        prune_structured(model, None, method="width", sparsity=0.99, calib=ids, device="cpu")
+    assert not hasattr(model.config, "llmsparse_structured")
+    prune_structured(model, None, method="width", sparsity=0.2, calib=ids, device="cpu")
+    with pytest.raises(ModelError, match="already pruned"):
+        prune_structured(model, None, method="2ssp", sparsity=0.2, calib=ids, device="cpu")

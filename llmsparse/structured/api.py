@@ -21,7 +21,7 @@ from ..errors import ModelError
 from ..settings import Settings, api, at_least, device_setting, in_range, setting
 from .anatomy import blocks, width_field
 from .base import STRUCTURED, Budget, Shape, StructuredReport
-from .surgery import record
+from .surgery import CONFIG_KEY, record
 
 
 @dataclass
@@ -59,8 +59,9 @@ def prune_structured(model, tokenizer, s: StructuredSettings = None) -> Structur
     shape = Shape.of(found)
     if any(b.params() != shape.block or b.width != shape.width for b in found):
         raise ModelError("structured pruning needs decoder blocks of one shape (the budget counts block 0's parameters)")
-    if record(model).get("method"):
-        raise ModelError(f"this model was already pruned structurally ({record(model)['method']}); prune the original model")
+    done = getattr(model.config, CONFIG_KEY, None)
+    if isinstance(done, dict) and done.get("method"):
+        raise ModelError(f"this model was already pruned structurally ({done['method']}); prune the original model")
     budget: Budget = method.budget(shape, s.sparsity)
     if budget.neurons and s.width_multiple > 1:
         keep = max(s.width_multiple, round((shape.width - budget.neurons) / s.width_multiple) * s.width_multiple)

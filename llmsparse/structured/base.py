@@ -99,7 +99,6 @@ class StructuredReport:
         ]
         return "\n".join(lines)
 
-    table = summary
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "achieved": self.achieved}
