@@ -122,7 +122,7 @@ def child(spec: dict) -> dict:
         out["seconds"] = time.perf_counter() - start
         out["remaining"] = 1 - report.global_sparsity * matrices / decoder  # nonzero decoder parameters
     else:
-        out["remaining"] = 1.0
+        out["remaining"], out["total_after"] = 1.0, sum(p.numel() for p in model.parameters())
     model.to(device)
     out["ppl"] = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=8).ppl
     if spec.get("tasks"):
