@@ -123,11 +123,13 @@ def child(spec: dict) -> dict:
         out["remaining"] = 1 - report.global_sparsity * matrices / decoder  # nonzero decoder parameters
     else:
         out["remaining"], out["total_after"] = 1.0, sum(p.numel() for p in model.parameters())
+    if spec.get("ppl_only"):
+        out["seconds"] = None  # run beside other work: not a timing
     model.to(device)
     out["ppl"] = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=8).ppl
     if spec.get("tasks"):
         out["tasks"] = tasks(model.to("cpu"), tok)
-    if spec["kind"] != "unstructured":  # speed of the saved checkpoint under stock transformers
+    if spec["kind"] != "unstructured" and not spec.get("ppl_only"):  # speed of the saved checkpoint under stock transformers
         with tempfile.TemporaryDirectory() as tmp:
             model.to("cpu").save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -181,7 +183,7 @@ def table(results: dict) -> str:
         cells = [
             name.split("|")[0], "-" if name == "dense" else name.split("|")[1], f"{1 - r['remaining']:.2%}",
             f"{r.get('total_after', '-'):,}" if "total_after" in r else "-", f"{r['ppl']:.2f}",
-            f"{t.get('wt2_cloze/acc', float('nan')):.2f}", f"{t.get('wt2_cloze_mc/acc', float('nan')):.2f}", f"{r['seconds']:.0f}",
+            f"{t.get('wt2_cloze/acc', float('nan')):.2f}", f"{t.get('wt2_cloze_mc/acc', float('nan')):.2f}", f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-",
             f"{st['prefill_tok_s']:.0f}" + (f" ({r['skip']['prefill_tok_s']:.0f})" if "skip" in r else "") if st else "-",
             ratio or "-", f"{st['decode_tok_s']:.1f}" if st else "-",
         ]
@@ -218,6 +220,8 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=str(DOCS / "structured_gemma.json"))
+    parser.add_argument("--ppl-only", action="store_true", help="parameters and perplexity only (no speed; prune times are not comparable)")
+    parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated targets (default 0.25,0.375,0.5)")
     parser.add_argument("--tasks", action="store_true", help="also run the offline cloze tasks (minutes per point)")
     parser.add_argument("--unstructured", action="store_true", help="also run Wanda 25/37.5/50%% and SparseGPT 50%% (else read from docs/sweep_gemma.json)")
     args = parser.parse_args()
@@ -226,12 +230,16 @@ def main() -> None:
         return
     path = Path(args.json)
     results = json.loads(path.read_text()) if path.exists() else {}
-    specs = [{"kind": "dense"}] + [{"kind": "structured", "method": m, "sparsity": s} for s in SPARSITIES for m in STRUCTURED]
+    sparsities = [float(x) for x in args.sparsities.split(",")]
+    specs = [{"kind": "dense"}] + [{"kind": "structured", "method": m, "sparsity": s} for s in sparsities for m in STRUCTURED]
     if args.unstructured:
         specs += [{"kind": "unstructured", "method": m, "sparsity": s} for m, s in UNSTRUCTURED]
+    if args.ppl_only:  # the dense perplexity of the same protocol, from bench/sweep_gemma.py
+        specs = specs[1:]
+        results.setdefault("dense", {**json.loads((DOCS / "sweep_gemma.json").read_text())["dense"], "remaining": 1.0, "seconds": None})
     print(machine_header())
     for spec in specs:
-        spec |= {"device": args.device, "tasks": args.tasks}
+        spec |= {"device": args.device, "tasks": args.tasks, "ppl_only": args.ppl_only}
         if key(spec) in results:
             continue
         results[key(spec)] = run_isolated(__file__, spec)
