@@ -47,6 +47,8 @@ from .methods import METHODS, get_method, register
 from .pruning.api import PruneSettings, prune
 from .pruning.report import PruneReport
 from .runtime import SparseLinear
+from .structured import STRUCTURED, StructuredReport, prune_structured
+from .structured.save import save_structured
 from .version import __version__  # noqa: F401  (llmsparse.__version__)
 
 __all__ = [
@@ -66,9 +68,11 @@ __all__ = [
     "PruneSettings",
     "RecipeError",
     "SettingsError",
+    "STRUCTURED",
     "SparseLinear",
     "SparsifySettings",
     "SparsityError",
+    "StructuredReport",
     "SweepSpec",
     "TaskResults",
     "UnknownNameError",
@@ -89,9 +93,11 @@ __all__ = [
     "perplexity",
     "prune",
     "prune_checkpoint",
+    "prune_structured",
     "register",
     "runtime",
     "save_pruned",
+    "save_structured",
     "select_targets",
     "sparsify_activations",
     "sweep",

@@ -29,6 +29,7 @@ from ..errors import CheckpointError, LlmsparseError, ModelError
 from ..runtime.convert import RUNTIMES, convert_dense
 from ..runtime.hf import load_compact
 from ..settings import Settings, api, setting
+from ..structured import surgery as structured_surgery
 from .tensors import check_loading_info
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ def load_model(
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load a tokenizer from {source!r} (copy the base model's tokenizer files into it): {err}") from err
     model.eval()
+    if getattr(config, structured_surgery.CONFIG_KEY, None):  # attention modules removed by structured pruning: not computed
+        structured_surgery.skip_removed_attention(model)
     if getattr(config, activation_io.CONFIG_KEY, None):
         activation_io.restore_activation_state(
             model, source if Path(source).is_dir() else _hub_file_dir(source, activation_io.STATE_FILE, revision)

@@ -17,6 +17,7 @@ from ..methods import METHODS
 from ..pruning.api import calibration_needs, check_request, prune
 from . import finish as tail
 from . import flags, preflight
+from . import structured as structured_cli
 
 HELP = "one-shot, layer-by-layer pruning"
 DESCRIPTION = "Prune the decoder Linear layers of a causal LM."
@@ -30,9 +31,12 @@ def add(parser: argparse.ArgumentParser) -> None:
     flags.add_settings(parser, tail.OutputSettings, seen, "output")
     flags.add_settings(parser, tail.PplCheck, seen, "perplexity before and after")
     flags.add_option_flags(parser, METHODS, "method options (defaults follow the papers)")
+    structured_cli.accept_structured(parser)  # --method 2ssp|shortgpt|width: llmsparse.cli.structured
 
 
 def run(args: argparse.Namespace) -> int:
+    if structured_cli.wanted(args):
+        return structured_cli.run(args)
     settings = flags.settings_from(PruneJob, args, load_recipe(args.recipe, "prune") if args.recipe else None, METHODS)
     # everything that can be checked before the (slow) model load
     method, _, pattern = check_request(settings)
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         check_fits(shard_files(directory), parse_dtype(args.dtype))
     with tail.claimed_output(args, settings, pattern) as out:
         model, tokenizer = flags.load(args)
+        structured_cli.leave_removed_attention(settings, model)
         return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings.pruning())), settings, "report")
 
 

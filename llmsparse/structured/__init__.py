@@ -1,0 +1,14 @@
+"""Structured pruning: whole FFN neurons, attention modules and decoder blocks removed, for a smaller dense model.
+
+One module per method in :mod:`.methods`, registered in :data:`STRUCTURED` (``2ssp``, ``shortgpt``, ``width``);
+:func:`prune_structured` runs one, :mod:`.surgery` edits the model, :func:`save_structured`
+writes a checkpoint that stock transformers loads as the same function.
+"""
+
+from __future__ import annotations
+
+from . import methods  # noqa: F401  (registers the methods)
+from .api import StructuredSettings, prune_structured
+from .base import STRUCTURED, StructuredMethod, StructuredReport
+
+__all__ = ["STRUCTURED", "StructuredMethod", "StructuredReport", "StructuredSettings", "prune_structured"]
