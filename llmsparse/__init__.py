@@ -46,6 +46,7 @@ from .formats import FORMATS, get_format
 from .methods import METHODS, get_method, register
 from .pruning.api import PruneSettings, prune
 from .pruning.report import PruneReport
+from .recovery import RecoverReport, RecoverSettings, recover
 from .runtime import SparseLinear
 from .version import __version__  # noqa: F401  (llmsparse.__version__)
 
@@ -65,6 +66,8 @@ __all__ = [
     "PruneReport",
     "PruneSettings",
     "RecipeError",
+    "RecoverReport",
+    "RecoverSettings",
     "SettingsError",
     "SparseLinear",
     "SparsifySettings",
@@ -89,6 +92,7 @@ __all__ = [
     "perplexity",
     "prune",
     "prune_checkpoint",
+    "recover",
     "register",
     "runtime",
     "save_pruned",
