@@ -17,6 +17,7 @@ from ..core.layout import find_layers, matrix_modules
 from ..errors import SettingsError
 from . import masklora
 
+
 def is_norm(module: nn.Module) -> bool:
     """LayerNorm, RMSNorm and the models' own norm classes (``GemmaRMSNorm``, ``LlamaRMSNorm``...)."""
     return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
