@@ -139,3 +139,69 @@ def test_refusals(tokenizer, tmp_path):
         llmsparse.recover(model, tokenizer, **FAST, state_dir=str(tmp_path / "none"), resume=True)
     assert all(not isinstance(m, masklora.MaskedLoraLinear) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def recover_args(model, out, *extra):
+    return ["-q", "recover", str(model), "--data", str(VALID), "--steps", "4", "--batch-size", "2", "--seqlen", "32",
+            "--val-every", "2", "--val-windows", "2", "--lora-rank", "4", "--lr", "0.01", "--output", str(out), *extra]
+
+
+@pytest.fixture
+def pruned_dir(model_dir, tmp_path):
+    from llmsparse.cli import main
+
+    out = tmp_path / "pruned-24"
+    assert main(["-q", "prune", str(model_dir), "--method", "magnitude", "--pattern", "2:4", "--output", str(out)]) == 0
+    return out
+
+
+def test_cli_recover_saves_a_normal_output(pruned_dir, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from llmsparse.cli import main
+
+    out = tmp_path / "recovered"
+    assert main(recover_args(pruned_dir, out, "--format", "2:4", "--train", "norms,lora")) == 0
+    printed = capsys.readouterr().out
+    assert "recovery: trained norms,lora" in printed and "peak resident memory" in printed
+    before, _ = llmsparse.load_model(str(pruned_dir))
+    after, _ = llmsparse.load_model(str(out))  # the compact 2:4 output reloads like any other
+    for (name, a), b in zip(before.named_parameters(), after.parameters()):
+        if "layers" in name and a.dim() == 2:
+            assert torch.equal(a == 0, b == 0), name
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["train"] == ["norms", "lora"] and recipe["lora_rank"] == 4 and recipe["data"] == str(VALID)
+    assert llmsparse.load_recipe(out / "recipe.yaml", "recover")["steps"] == 4
+    report = json.loads((out / "recovery_report.json").read_text())
+    assert report["zeros_after"] == report["zeros_before"] and report["steps"] == 4
+    assert "Recovery (PERP)" in (out / "README.md").read_text()
+    assert not (tmp_path / ".recovered.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--eval-ppl", str(VALID)], "same file"),
+        (["--lora-rank", "65"], "larger than"),
+        (["--train", "biases"], "selects no parameter"),
+        (["--train", "all"], "must be one of"),
+        (["--resume"], "no interrupted recovery"),
+    ],
+)
+def test_cli_refusals_write_nothing(pruned_dir, tmp_path, capsys, extra, message):
+    from llmsparse.cli import main
+
+    out = tmp_path / "refused"
+    try:
+        code = main(recover_args(pruned_dir, out, *extra))
+    except SystemExit as exit:  # argparse refuses a bad flag value itself
+        code = exit.code
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmsparse")]  # (progress bars aside)
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists() and not (tmp_path / ".refused.partial").exists()

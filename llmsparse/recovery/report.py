@@ -28,6 +28,11 @@ class RecoverReport:
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def calibration(self) -> None:
+        """No calibration set: the recipe's ``data`` names the training text (what saving a run reads)."""
+        return None
+
+    @property
     def share(self) -> float:
         return self.trainable / self.parameters
 
