@@ -97,6 +97,20 @@ def test_frozen_when_only_norms(tokenizer):
     assert all(p.requires_grad for p in model.parameters())  # as the model came in
 
 
+def test_gradient_checkpointing_and_half_precision(tokenizer):
+    plain, checkpointed = pruned(), pruned()
+    llmsparse.recover(plain, tokenizer, **FAST)
+    llmsparse.recover(checkpointed, tokenizer, **FAST, gradient_checkpointing=True)
+    for (n, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
+    half = pruned().to(torch.bfloat16)
+    before = zero_masks(half)
+    report = llmsparse.recover(half, tokenizer, **FAST)
+    assert report.zeros_after == report.zeros_before and all(p.dtype == torch.bfloat16 for p in half.parameters())
+    for name, mask in before.items():
+        assert torch.equal(half.get_parameter(name) == 0, mask), name
+
+
 def test_resume_equals_uninterrupted(tokenizer, tmp_path, monkeypatch):
     whole = pruned()
     llmsparse.recover(whole, tokenizer, **FAST)

@@ -63,6 +63,7 @@ class RecoverSettings(Settings):
     val_windows: int = setting(8, "validation windows of --seqlen tokens", check=at_least(1))
     val_every: int = setting(25, "validate (and checkpoint a resumable run) every this many steps", check=at_least(1))
     patience: int = setting(2, "stop after this many validations in a row without a new best; the best step's parameters are kept", check=at_least(1))
+    max_minutes: float | None = setting(None, "stop training (after a last validation) once it has run this many minutes", check=greater_than(0))
     gradient_checkpointing: bool = setting(False, "recompute each decoder layer's activations in the backward pass (less memory, ~30% more time)")
     device: str | torch.device | None = device_setting()
     resume: bool = setting(False, "continue an interrupted run into the same --output with the same arguments", recipe=False)

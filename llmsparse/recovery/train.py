@@ -5,7 +5,8 @@ training part by a generator seeded with ``(seed, t)``, so the data of a step do
 how the run got there (a resumed run takes the same steps as an uninterrupted one; torch's RNG
 state, used by dropout, is checkpointed too). Validation loss is the mean token loss over the
 first ``val_windows`` consecutive windows of the held-out part, at step 0 and every ``val_every``
-steps; the parameters of the best validation step are restored at the end.
+steps; the parameters of the best validation step are restored at the end. ``max_minutes`` ends
+training (after a last validation) once this session of the run has trained that long.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
             fit.steps, seen = step, seen + batch.numel()
             fit.train_loss.append((step, loss))
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen / (time.perf_counter() - started):.0f}", rss=f"{peak_rss() / 2**30:.2f}G")
-            if step % s.val_every == 0 or step == total:
+            out_of_time = s.max_minutes is not None and time.perf_counter() - started > 60 * s.max_minutes
+            if step % s.val_every == 0 or step == total or out_of_time:
                 val = validation_loss(model, val_ids, s.seqlen, s.val_windows, device)
                 if val < min(v for _, v in fit.val_loss):
                     fit.best_step, best, bad = step, snapshot(trainable), 0
@@ -118,7 +120,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
                     bad += 1
                 fit.val_loss.append((step, val))
                 bar.write(f"step {step}: train loss {loss:.4f}, validation loss {val:.4f}{' (best)' if bad == 0 else ''}")
-                fit.stopped_early = bad >= s.patience
+                fit.stopped_early = bad >= s.patience or out_of_time
                 if state is not None:
                     state.save({"current": snapshot(trainable), "optimizer": optimizer.state_dict(), "fit": fit, "best": best, "bad": bad, "rng": torch.get_rng_state()})
     finally:
