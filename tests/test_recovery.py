@@ -219,3 +219,14 @@ def test_cli_refusals_write_nothing(pruned_dir, tmp_path, capsys, extra, message
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmsparse")]  # (progress bars aside)
     assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists() and not (tmp_path / ".refused.partial").exists()
+
+
+def test_cli_help_lists_every_setting(capsys):
+    from llmsparse.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["recover", "--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--train", "--lora-rank", "--lora-targets", "--steps", "--tokens", "--warmup", "--val-every", "--resume", "--format", "--eval-ppl"):
+        assert flag in text, flag

@@ -20,10 +20,10 @@ from torch import nn
 
 from ..core.layout import find_layers, matrix_modules, resolve_device
 from ..core.memory import peak_rss
-from ..data.calibration import check_positions, seed_setting, text_field_setting
+from ..data.calibration import check_positions
 from ..data.text import read_text
 from ..errors import CalibrationDataError, SettingsError
-from ..settings import Settings, api, at_least, device_setting, greater_than, in_range, regex, setting
+from ..settings import Settings, api, at_least, device_setting, greater_than, in_range, nonempty, regex, setting
 from .report import RecoverReport
 from .state import RunState
 
@@ -44,7 +44,7 @@ class RecoverSettings(Settings):
     """The arguments of :func:`recover`; the keys of ``recover`` recipes and the flags of ``llmsparse recover``."""
 
     data: str | os.PathLike | None = setting(None, "training text (plain text, .jsonl or .parquet); its last --val-fraction is held out for validation", metavar="TEXT")
-    text_field: str = text_field_setting()
+    text_field: str = setting("text", "text field of .jsonl/.parquet training files", flag="--data-field", check=nonempty)
     train: list[str] = setting(list(GROUPS), "parameter groups to train, comma-separated: norms, biases, lora", parse=_groups, check=_group_check)
     lora_rank: int = setting(16, "rank of the masked low-rank adapters", check=at_least(1))
     lora_alpha: float = setting(32.0, "LoRA alpha (the update is scaled by alpha/rank)", check=greater_than(0))
@@ -58,13 +58,13 @@ class RecoverSettings(Settings):
     micro_batch: int = setting(1, "sequences per forward pass (gradients are accumulated over a step)", check=at_least(1))
     seqlen: int = setting(512, "tokens per training sequence", check=at_least(2))
     warmup: int = setting(10, "linear learning-rate warmup steps (then cosine decay to 0)", check=at_least(0))
-    seed: int = seed_setting()
+    seed: int = setting(0, "seed of the training windows (each step's are drawn with (seed, step)) and of dropout", check=at_least(0))
     val_fraction: float = setting(0.05, "share of the training text's tokens (its end) held out for validation", check=in_range(0, 1, low_open=True, high_open=True))
     val_windows: int = setting(8, "validation windows of --seqlen tokens", check=at_least(1))
     val_every: int = setting(25, "validate (and checkpoint a resumable run) every this many steps", check=at_least(1))
     patience: int = setting(2, "stop after this many validations in a row without a new best; the best step's parameters are kept", check=at_least(1))
     max_minutes: float | None = setting(None, "stop training (after a last validation) once it has run this many minutes", check=greater_than(0))
-    gradient_checkpointing: bool = setting(False, "recompute each decoder layer's activations in the backward pass (less memory, ~30% more time)")
+    gradient_checkpointing: bool = setting(False, "recompute each decoder layer's activations in the backward pass (less memory, more time)")
     device: str | torch.device | None = device_setting()
     resume: bool = setting(False, "continue an interrupted run into the same --output with the same arguments", recipe=False)
     state_dir: str | os.PathLike | None = setting(None, "directory for the resumable state (the CLI uses .OUTPUT.partial)", recipe=False, cli=False)
