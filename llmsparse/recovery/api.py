@@ -144,9 +144,13 @@ def recover(model: nn.Module, tokenizer=None, s: RecoverSettings = None) -> Reco
     parameters = sum(p.numel() for p in model.parameters())
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     model.to(device)
+    # adapter init (peft's Kaiming A) and dropout draw from torch's RNG: seeded here, the caller's RNG untouched
+    rng = [device.index or 0] if device.type == "cuda" else []
     try:
-        trainable = params.select(model, s.train, s.lora_rank, s.lora_alpha, s.lora_dropout, s.lora_targets)
-        result = train.fit(model, trainable, train_ids, val_ids, s, total_steps(s), device, state)
+        with torch.random.fork_rng(devices=rng):
+            torch.manual_seed(s.seed)
+            trainable = params.select(model, s.train, s.lora_rank, s.lora_alpha, s.lora_dropout, s.lora_targets)
+            result = train.fit(model, trainable, train_ids, val_ids, s, total_steps(s), device, state)
     finally:
         masklora.merge(model)
         for n, p in model.named_parameters():

@@ -74,13 +74,29 @@ def restore(trainable: Trainable, values: dict[str, torch.Tensor]) -> None:
     trainable.push()
 
 
+def checkpointing(model: nn.Module, on: bool) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant: frozen inputs need no grad), or stop.
+
+    transformers 5 names it ``activation_checkpointing_*``; older versions ``gradient_checkpointing_*``.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: int, device: torch.device, state: RunState | None) -> Fit:
     """Train ``trainable`` for up to ``total`` steps (see the module doc); returns the losses and the kept step."""
     tensors = trainable.optimized()
     optimizer = torch.optim.AdamW(list(tensors.values()), lr=s.lr, weight_decay=s.weight_decay)
     fit, best, bad = Fit(), snapshot(trainable), 0
     if s.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointing(model, True)
     if state is not None and state.saved is not None:
         saved = state.saved
         restore(trainable, saved["current"])
@@ -126,7 +142,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
     finally:
         bar.close()
         if s.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            checkpointing(model, False)
         model.eval()
     restore(trainable, best)
     return fit
