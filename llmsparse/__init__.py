@@ -46,6 +46,7 @@ from .formats import FORMATS, get_format
 from .methods import METHODS, get_method, register
 from .pruning.api import PruneSettings, prune
 from .pruning.report import PruneReport
+from .recovery import RecoverReport, RecoverSettings, recover
 from .runtime import SparseLinear
 from .structured import STRUCTURED, StructuredReport, prune_structured
 from .structured.save import save_structured
@@ -67,6 +68,8 @@ __all__ = [
     "PruneReport",
     "PruneSettings",
     "RecipeError",
+    "RecoverReport",
+    "RecoverSettings",
     "SettingsError",
     "STRUCTURED",
     "SparseLinear",
@@ -94,6 +97,7 @@ __all__ = [
     "prune",
     "prune_checkpoint",
     "prune_structured",
+    "recover",
     "register",
     "runtime",
     "save_pruned",

@@ -17,11 +17,12 @@ import yaml
 
 from ..activation.calibrate import SparsifySettings
 from ..errors import LlmsparseError, RecipeError, check_choice
+from ..recovery.api import RecoverSettings
 from ..settings import Settings, check_values
 from .jobs import PruneJob
 
 #: Recipe kinds: the command (and Python function) that runs them, and their settings.
-RECIPE_KINDS: dict[str, type[Settings]] = {"prune": PruneJob, "sparsify": SparsifySettings}
+RECIPE_KINDS: dict[str, type[Settings]] = {"prune": PruneJob, "sparsify": SparsifySettings, "recover": RecoverSettings}
 
 
 def recipe_keys(kind: str) -> tuple[str, ...]:
@@ -69,6 +70,8 @@ def dump_recipe(recipe: dict[str, Any], kind: str = "prune") -> str:
 def run_recipe(settings: Settings, report) -> dict[str, Any]:
     """The recipe to save with a run: its settings, with the calibration source the run resolved."""
     recipe = settings.recipe()
+    if "calib" not in recipe:  # a recover recipe: its data is a path already
+        return recipe
     calib = recipe.get("calib")
     recipe["calib"] = report.calibration["source"] if report.calibration else (calib if calib is None or isinstance(calib, str) else "tensor")
     return recipe

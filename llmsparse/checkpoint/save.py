@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "sparsity_report.json"
 ACTIVATION_REPORT_FILE = "activation_report.json"
+RECOVERY_REPORT_FILE = "recovery_report.json"
 RECIPE_FILE = "recipe.yaml"
 CARD_FILE = "README.md"
 
@@ -101,6 +102,7 @@ def save_pruned(
     comparison=None,
     recipe_kind: str = "prune",
     inputs: Iterable[str | Path | None] = (),
+    recovery=None,
 ) -> Path:
     """Write model, tokenizer, ``recipe.yaml``, ``sparsity_report.json``, ``llmsparse.json`` and a model card (``README.md``).
 
@@ -111,7 +113,8 @@ def save_pruned(
     sparsity attached to ``model`` is saved with it (``activation_sparsity.safetensors``); pass its
     :class:`~llmsparse.activation.ActivationReport` as ``activation`` for the card and ``activation_report.json``,
     and a :class:`~llmsparse.evaluation.Comparison` as ``comparison`` for the card's dense-vs-sparse table.
-    ``recipe`` holds the arguments of ``prune()`` or, with ``recipe_kind='sparsify'``, of ``sparsify_activations()``.
+    ``recipe`` holds the arguments of ``prune()`` or, with ``recipe_kind='sparsify'``, of ``sparsify_activations()``
+    (``'recover'``: of ``recover()``, whose :class:`~llmsparse.recovery.RecoverReport` goes in ``recovery``).
 
     ``overwrite`` replaces only a previous llmsparse output (or an empty directory). The output may
     not hold the model's own source directory or any of ``inputs`` (calibration text, recipe...).
@@ -121,7 +124,7 @@ def save_pruned(
     targets = compressible_weights(model, fmt, report) if fmt.compact else []
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
     with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp, write_errors(out):
-        write_output(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind)
+        write_output(tmp, model, tokenizer, fmt, targets, report, recipe, base_model, activation, comparison, recipe_kind, recovery=recovery)
         publish(tmp, out, overwrite, inputs)
     return Path(output_dir)
 
@@ -140,7 +143,8 @@ def write_errors(out: Path) -> Iterator[None]:
 
 
 def write_output(
-    tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation=None, comparison=None, recipe_kind="prune", weights_saved=False
+    tmp: Path, model, tokenizer, fmt: formats.Format, targets, report, recipe, base_model, activation=None, comparison=None, recipe_kind="prune", weights_saved=False,
+    recovery=None,
 ) -> None:
     """Every file of a saved model, into the staging directory ``tmp`` (``weights_saved``: the safetensors are there already)."""
     warnings: list[str] = []
@@ -174,8 +178,12 @@ def write_output(
         activation.save_json(tmp / ACTIVATION_REPORT_FILE)
     if comparison is not None:
         comparison.save(tmp)
+    if recovery is not None:  # llmsparse recover (llmsparse.recovery)
+        metadata["recovery"] = recovery.to_dict()
+        recovery.save_json(tmp / RECOVERY_REPORT_FILE)
     table = comparison.markdown() if comparison is not None else None
-    (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config)), encoding="utf-8")
+    card = model_card(report, recipe, base_model, fmt, activation, table, recipe_kind, bnb.quantized_in(model.config))
+    (tmp / CARD_FILE).write_text(card + (recovery.card_section() if recovery is not None else ""), encoding="utf-8")
     metadata["files"] = [*output_files(tmp), METADATA_FILE]  # what --overwrite may replace later (outdir.foreign_entry)
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")  # last: marks a complete llmsparse output
     follow_umask(tmp)

@@ -1,4 +1,4 @@
-"""Command line: ``llmsparse prune|sparsify|generate|eval|compare|sweep|push|methods|env``, thin over the Python API.
+"""Command line: ``llmsparse prune|sparsify|recover|generate|eval|compare|sweep|push|methods|env``, thin over the Python API.
 
 One module per command, each with ``HELP``, ``DESCRIPTION``, ``add(parser)`` and ``run(args)``;
 flags come from the settings dataclasses (:mod:`.flags`), and every
@@ -12,12 +12,13 @@ import logging
 import sys
 
 from ..version import __version__
-from . import compare, env, evaluate, flags, generate, methods, prune, push, sparsify, sweep
+from . import compare, env, evaluate, flags, generate, methods, prune, push, recover, sparsify, sweep
 
 #: Subcommand name -> module.
 COMMANDS = {
     "prune": prune,
     "sparsify": sparsify,
+    "recover": recover,
     "generate": generate,
     "eval": evaluate,
     "compare": compare,

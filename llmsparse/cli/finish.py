@@ -88,8 +88,8 @@ def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quant
 
 
 def run_inputs(args: argparse.Namespace, settings: Settings) -> list[str]:
-    """The files and directories a run reads (model, calibration text, recipe, evaluation text): the output may not hold them."""
-    found = [args.model, getattr(settings, "calib", None), getattr(args, "recipe", None), getattr(args, "eval_ppl", None)]
+    """The files and directories a run reads (model, calibration or training text, recipe, evaluation text): the output may not hold them."""
+    found = [args.model, getattr(settings, "calib", None), getattr(settings, "data", None), getattr(args, "recipe", None), getattr(args, "eval_ppl", None)]
     return [str(x) for x in found if isinstance(x, (str, os.PathLike))]
 
 
