@@ -1,0 +1,136 @@
+// AVX-512 decoding of quantized rows (sparse_linear.h's QMatrix): integer codes become fp32 lanes in
+// registers, never a dense matrix in memory.
+//
+// Sixteen columns at a time: the next popcount(mask) codes are read from the row's code stream
+// (int4: one unaligned 8-byte load shifted by the stream's nibble parity, nibbles split with two
+// ANDs and an unpack; int8: one 16-byte load), widened to int32, converted to fp32, the offset and
+// zero point subtracted, and expanded (vexpandps) into the lanes whose mask bit is set, zeros
+// elsewhere. A group of columns accumulates sum(q·x) in fp32 and is multiplied by its scale once:
+// y = Σ_g scale_g · Σ_{c∈g} (q_c - zp_g) x_c, the dequantize-then-matmul sum regrouped.
+
+#include "sparse_linear.h"
+
+#include <cstring>
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define LLMSPARSE_X86 1
+#include <immintrin.h>
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx2,fma,f16c,popcnt")))
+#else
+#define LLMSPARSE_X86 0
+#endif
+
+namespace llmsparse {
+
+#if LLMSPARSE_X86
+namespace {
+
+AVX512_FN inline float scale_at(const QMatrix& w, int64_t r, int64_t g) {
+  const int64_t i = r * w.groups + g;
+  if (w.scale_kind == 0) return static_cast<const float*>(w.scale)[i];
+  const uint16_t bits = static_cast<const uint16_t*>(w.scale)[i];
+  if (w.scale_kind == 2) return _cvtsh_ss(bits);
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Sixteen codes from code index e of the stream at `codes`, as fp32 (q + 2^(bits-1), still offset).
+AVX512_FN inline __m512 codes16(const uint8_t* codes, int64_t e, int bits) {
+  if (bits == 8) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + e))));
+  const uint8_t* p = codes + (e >> 1);
+  uint64_t lo;
+  std::memcpy(&lo, p, 8);
+  const uint64_t odd = -static_cast<uint64_t>(e & 1);
+  const uint64_t n = (lo >> (4 * (e & 1))) | ((static_cast<uint64_t>(p[8]) << 60) & odd);
+  const __m128i v = _mm_cvtsi64_si128(static_cast<int64_t>(n));
+  const __m128i low = _mm_set1_epi8(0x0F);
+  const __m128i b = _mm_unpacklo_epi8(_mm_and_si128(v, low), _mm_and_si128(_mm_srli_epi16(v, 4), low));
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+}
+
+AVX512_FN inline unsigned qmask16(const QMatrix& w, int64_t r, int64_t c) {
+  if (!w.mask) return 0xFFFFu;
+  const uint8_t* m = w.mask + r * w.nb;
+  const int64_t b = c / 8;
+  return b + 1 < w.nb ? m[b] | static_cast<unsigned>(m[b + 1]) << 8 : m[b];
+}
+
+// The group's lanes for columns [c, c+16): (q - zp) in the kept lanes, 0 elsewhere; advances e.
+AVX512_FN inline __m512 step(const QMatrix& w, int64_t r, int64_t c, const uint8_t* codes, int64_t& e, __m512 offset) {
+  const unsigned m = qmask16(w, r, c);
+  const __m512 q = _mm512_sub_ps(codes16(codes, e, w.bits), offset);
+  e += w.mask ? _mm_popcnt_u32(m) : 16;
+  return w.mask ? _mm512_maskz_expand_ps(static_cast<__mmask16>(m), q) : q;
+}
+
+AVX512_FN inline __m512 offset_of(const QMatrix& w, int64_t r, int64_t g) {
+  const float zp = w.zero ? static_cast<float>(w.zero[r * w.groups + g]) : 0.f;
+  return _mm512_set1_ps(static_cast<float>(1 << (w.bits - 1)) + zp);
+}
+
+template <int TB>
+AVX512_FN void qrow_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const float* x, int64_t xpitch, float* out) {
+  __m512 y[TB];
+  for (int t = 0; t < TB; ++t) y[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.groups; ++g) {
+    const __m512 offset = offset_of(w, r, g);
+    __m512 a[TB], b[TB];
+    for (int t = 0; t < TB; ++t) a[t] = b[t] = _mm512_setzero_ps();
+    const int64_t c1 = (g + 1) * w.group;
+    int64_t c = g * w.group;
+    for (; c + 32 <= c1; c += 32) {  // two independent chains cover the FMA latency
+      const __m512 q0 = step(w, r, c, codes, e, offset);
+      const __m512 q1 = step(w, r, c + 16, codes, e, offset);
+      for (int t = 0; t < TB; ++t) {
+        a[t] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(x + t * xpitch + c), a[t]);
+        b[t] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + t * xpitch + c + 16), b[t]);
+      }
+    }
+    for (; c < c1; c += 16) {  // x rows are zero-padded past cols, the mask bits too
+      const __m512 q = step(w, r, c, codes, e, offset);
+      for (int t = 0; t < TB; ++t) a[t] = _mm512_fmadd_ps(q, _mm512_loadu_ps(x + t * xpitch + c), a[t]);
+    }
+    const __m512 s = _mm512_set1_ps(scale_at(w, r, g));
+    for (int t = 0; t < TB; ++t) y[t] = _mm512_fmadd_ps(_mm512_add_ps(a[t], b[t]), s, y[t]);
+  }
+  for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]);
+}
+
+AVX512_FN void qrow_decompress(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, float* out) {
+  for (int64_t g = 0; g < w.groups; ++g) {
+    const __m512 offset = offset_of(w, r, g);
+    const __m512 s = _mm512_set1_ps(scale_at(w, r, g));
+    for (int64_t c = g * w.group; c < (g + 1) * w.group && c < w.cols; c += 16) {
+      const __m512 v = _mm512_mul_ps(step(w, r, c, codes, e, offset), s);
+      const int64_t n = w.cols - c < 16 ? w.cols - c : 16;
+      _mm512_mask_storeu_ps(out + c, static_cast<__mmask16>((1u << n) - 1), v);
+    }
+  }
+}
+
+}  // namespace
+
+bool qsimd_fits(Isa isa, const QMatrix& w) {
+  return isa == kAvx512 && cpu_has(kAvx512) && __builtin_cpu_supports("avx512bw") && (w.group % 16 == 0 || w.groups == 1);
+}
+
+void qsimd_row_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const float* x, int64_t xpitch, int64_t T, float* out) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) qrow_dot<4>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+  for (; t + 2 <= T; t += 2) qrow_dot<2>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+  for (; t < T; ++t) qrow_dot<1>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+}
+
+void qsimd_row_decompress(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, float* out) { qrow_decompress(w, r, codes, first, out); }
+
+#else
+
+bool qsimd_fits(Isa, const QMatrix&) { return false; }
+void qsimd_row_dot(const QMatrix&, int64_t, const uint8_t*, int64_t, const float*, int64_t, int64_t, float*) {}
+void qsimd_row_decompress(const QMatrix&, int64_t, const uint8_t*, int64_t, float*) {}
+
+#endif
+
+}  // namespace llmsparse

@@ -1,0 +1,92 @@
+"""Quantized weights in the runtime: kernels from integer codes + group scales against float64 dequantize-then-matmul."""
+
+import pytest
+import torch
+
+from llmsparse.core.quantgrid import Grid, rtn
+from llmsparse.formats import get_format
+from llmsparse.formats.base import QuantLayout
+from llmsparse.formats.bitmask import quantized_compress
+from llmsparse.formats.packquant import pack_int32
+from llmsparse.runtime import quant
+from llmsparse.runtime import sparse_kernel as kernel
+
+ISAS = [pytest.param(isa, marks=pytest.mark.skipif(kernel.ISAS.index(isa) > kernel.ISAS.index(kernel.cpu_isa()), reason=f"no {isa}")) for isa in kernel.ISAS]
+# (rows, cols, group): per-channel odd widths, groups of 16/32/48/128 (the SIMD path), 8 and 24 (the scalar path)
+SHAPES = [(5, 77, -1), (9, 33, -1), (7, 64, 16), (6, 96, 32), (11, 96, 48), (4, 256, 128), (8, 40, 8), (3, 72, 24), (130, 160, 32)]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if not kernel.available():
+        pytest.skip("the C++ extension does not build here (no compiler)")
+    return kernel.load()
+
+
+def quantized(rows, cols, group, bits, symmetric, sparsity, dtype=torch.float32, seed=0):
+    """(weight on the grid, its QuantState, float64 reference matrix): row 0 all zero, row 1 dense, row 2's first group zero."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) + (0.5 if not symmetric else 0.0)
+    w[torch.rand(rows, cols, generator=g) < sparsity] = 0
+    w[0] = 0
+    if rows > 2:
+        w[1] = torch.randn(cols, generator=g) + 3
+        w[2, : cols if group == -1 else group] = 0
+    deq, state = rtn(w, Grid(bits, group, symmetric), dtype)
+    weight = deq.to(dtype)
+    q = state.codes(weight).double()
+    width = cols if group == -1 else group
+    expand = lambda t: t.double().repeat_interleave(width, dim=1)  # noqa: E731
+    exact = (q - expand(state.zero_point)) * expand(state.scale)
+    return weight, state, torch.where(weight != 0, exact, torch.zeros_like(exact))
+
+
+def sparse_layout(weight, state) -> QuantLayout:
+    return get_format("bitmask").layout(quantized_compress(weight, state), "w")
+
+
+def dense_layout(weight, state) -> QuantLayout:
+    """The dense (pack-quantized) layout, zero points included (the kernels take them; the stock format writes none)."""
+    packed = pack_int32(state.codes(weight), state.grid.bits).contiguous()
+    zero = None if state.grid.symmetric else state.zero_point.to(torch.int8)
+    return QuantLayout(weight.shape[0], weight.shape[1], state.grid.bits, packed.view(torch.uint8).reshape(-1), state.scale.to(weight.dtype), zero)
+
+
+def check(ext, layout, reference, isa, dtype):
+    rows, cols = reference.shape
+    index = kernel.ISAS.index(isa)
+    codes, bits, mask, offsets, scale, zero = quant._args(layout)
+    dense = torch.empty(rows, cols, dtype=dtype)
+    ext.qdecompress(codes, bits, mask, offsets, scale, zero, dense, index)
+    assert torch.equal(dense, reference.to(dtype)) and torch.equal(quant.torch_dense(layout), dense)
+    for tokens in (1, 2, 3, 4, 5, 8):
+        x = torch.randn(tokens, cols, dtype=torch.float64)
+        bias = torch.randn(rows)
+        expected = x @ reference.t() + bias.double()
+        got = ext.qrows_matmul(x.float(), codes, bits, mask, offsets, cols, scale, zero, bias, index)
+        atol = 1e-5 * float(x.abs().sum(-1).max() * reference.abs().max() + 1)
+        torch.testing.assert_close(got.double(), expected, atol=atol, rtol=1e-5)
+    x = torch.randn(2, 9, cols)
+    for block in (1, 7, rows + 3):  # the long-input path: the GEMM runs on values rounded to the scales' dtype
+        got = ext.qblocked_matmul(x, codes, bits, mask, offsets, cols, scale, zero, None, block, index)
+        expected = x.to(dtype).double() @ reference.to(dtype).double().t()
+        loose = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got.double(), expected, atol=loose * float(expected.abs().max() + 1), rtol=loose)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("rows, cols, group", SHAPES)
+def test_quantized_kernels_equal_dequantize_then_matmul(ext, isa, bits, symmetric, rows, cols, group):
+    for sparsity in (0.0, 0.5, 0.9):
+        weight, state, reference = quantized(rows, cols, group, bits, symmetric, sparsity)
+        check(ext, sparse_layout(weight, state), reference, isa, torch.float32)
+        check(ext, dense_layout(weight, state), reference, isa, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_scales_are_read_as_stored(ext, dtype):
+    weight, state, reference = quantized(64, 256, 128, 4, True, 0.5, dtype)
+    assert sparse_layout(weight, state).scale.dtype == dtype
+    check(ext, sparse_layout(weight, state), reference, kernel.cpu_isa(), dtype)
