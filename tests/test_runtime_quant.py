@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from llmsparse.core.quantgrid import Grid, rtn
 from llmsparse.formats import get_format
@@ -90,3 +91,35 @@ def test_16_bit_scales_are_read_as_stored(ext, dtype):
     weight, state, reference = quantized(64, 256, 128, 4, True, 0.5, dtype)
     assert sparse_layout(weight, state).scale.dtype == dtype
     check(ext, sparse_layout(weight, state), reference, kernel.cpu_isa(), dtype)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_a_quantized_bitmask_checkpoint_runs_from_its_codes_with_the_fake_quantized_logits(tokenizer, calib_ids, tmp_path, monkeypatch, symmetric):
+    """Loaded straight into QuantLayouts (no value, no dense matrix is ever made); prefill and decode give the in-memory model's logits."""
+    import llmsparse
+    from llmsparse.formats import bitmask as bitmask_format
+    from llmsparse.runtime import SparseLinear, sparse_layers
+
+    model = tiny_model("llama")
+    report = llmsparse.prune(model, method="sparsegpt", sparsity=0.5, calib=calib_ids, quantize="int4", group_size=32, symmetric=symmetric)
+    out = llmsparse.save_pruned(model, tokenizer, tmp_path / "q", report=report, format="bitmask")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("float values or a dense matrix were built while loading")
+
+    with monkeypatch.context() as patch:
+        for name in ("decompress", "with_values"):
+            patch.setattr(bitmask_format, name, refuse)
+        patch.setattr(SparseLinear, "stored_dense", refuse)
+        sparse, _ = llmsparse.load_model(out, runtime="sparse")
+        layers = sparse_layers(sparse)
+        assert layers and all(isinstance(m.layout(), QuantLayout) and "compressed" not in m.parts for m in layers.values())
+        assert all(m.nbytes < 0.3 * m.in_features * m.out_features * 4 for m in layers.values())  # 4-bit codes of half the weights + mask + scales
+        ids = calib_ids[:2, :12]
+        with torch.no_grad():
+            full, ours = model(ids, use_cache=True), sparse(ids, use_cache=True)  # 24 tokens: the blocked path
+            torch.testing.assert_close(ours.logits, full.logits, atol=1e-4, rtol=1e-4)
+            step = full.logits[:, -1:].argmax(-1)  # 2 tokens: dequantized in registers
+            a = model(step, past_key_values=full.past_key_values).logits
+            b = sparse(step, past_key_values=ours.past_key_values).logits
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

@@ -54,6 +54,11 @@ class SparseLayout:
     bitmask: torch.Tensor  # uint8 [rows, ceil(cols/8)]
     row_offsets: torch.Tensor | None = None  # int64 [rows]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the values."""
+        return self.values.dtype
+
 
 @dataclass
 class QuantLayout:

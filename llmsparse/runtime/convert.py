@@ -91,7 +91,7 @@ def summary(model: nn.Module) -> str:
 
     layers = sparse_layers(model)
     stored = sum(m.nbytes for m in layers.values())
-    dense = sum(m.in_features * m.out_features * m.layout().values.element_size() for m in layers.values())
+    dense = sum(m.in_features * m.out_features * m.layout().dtype.itemsize for m in layers.values())
     kinds = sorted({m.format.label for m in layers.values()})
     path = f"{cpu_isa()} kernels" if available() else "torch ops (no C++ kernel)"
     return (

@@ -176,7 +176,7 @@ class SparseLinear(nn.Linear):
         if input_major == self.input_major:
             return
         fmt = get_format("bitmask")
-        device = self.layout().values.device
+        device = next(iter(self.parts.values())).device
         with torch.no_grad():
             parts = fmt.compress(self.stored_dense().t().contiguous().cpu(), self.name)
         for key in self._part_names:
