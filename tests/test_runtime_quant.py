@@ -123,3 +123,20 @@ def test_a_quantized_bitmask_checkpoint_runs_from_its_codes_with_the_fake_quanti
             a = model(step, past_key_values=full.past_key_values).logits
             b = sparse(step, past_key_values=ours.past_key_values).logits
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_a_pack_quantized_export_runs_from_its_dense_codes(tokenizer, calib_ids, tmp_path):
+    """compressed-tensors' pack-quantized layout loads into the runtime too (dense int4 codes, no float matrix)."""
+    import llmsparse
+    from llmsparse.runtime import sparse_layers
+
+    model = tiny_model("llama")
+    report = llmsparse.prune(model, method="sparsegpt", sparsity=0.5, calib=calib_ids, quantize="int4", group_size=32)
+    out = llmsparse.save_pruned(model, tokenizer, tmp_path / "packed", report=report, format="pack-quantized")
+    sparse, _ = llmsparse.load_model(out, runtime="sparse")
+    layers = sparse_layers(sparse)
+    assert layers and all(isinstance(m.layout(), QuantLayout) and m.layout().bitmask is None for m in layers.values())
+    ids = calib_ids[:1, :12]
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)  # the blocked path
+        torch.testing.assert_close(sparse(ids[:, :3]).logits, model(ids[:, :3]).logits, atol=1e-4, rtol=1e-4)  # in registers

@@ -25,6 +25,23 @@ from .base import Format, QuantLayout, register
 CT_FORMAT = "pack-quantized"
 
 
+def runtime_block(quant: dict | None, files: list) -> dict | None:
+    """A ``sparsity_config``-style block (format, targets) for loading a pack-quantized checkpoint into the sparse runtime, else None.
+
+    ``quant`` is the checkpoint's ``quantization_config``; the targets are the modules whose
+    ``weight_packed`` the safetensors ``files`` hold (read from their headers).
+    """
+    if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors" or quant.get("format") != CT_FORMAT:
+        return None
+    from safetensors import safe_open
+
+    targets = []
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            targets += [key.rpartition(".")[0] for key in f.keys() if key.endswith(".weight_packed")]
+    return {"format": CT_FORMAT, "targets": sorted(targets)}
+
+
 def pack_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed ``bits``-bit codes ``[rows, cols]`` -> int32 ``[rows, cols·bits/32]`` (offset binary, low bits first)."""
     per = 32 // bits
@@ -82,6 +99,10 @@ class PackQuantized(Format):
             "weight_scale": state.scale.to(weight.dtype),
             "weight_shape": torch.tensor(list(weight.shape), dtype=torch.int64),
         }
+
+    @classmethod
+    def from_config(cls, block):
+        return cls() if block.get("format") == CT_FORMAT else None
 
     def layout(self, parts, name):
         """The dense quantized layout the runtime's kernels read: the packed words as bytes, each row padded to whole words."""
