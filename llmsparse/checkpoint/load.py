@@ -22,11 +22,11 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .. import formats
-from ..formats import packquant
 from ..activation import io as activation_io
 from ..core import bnb
 from ..core.cpu import DTYPES, parse_dtype
 from ..errors import CheckpointError, LlmsparseError, ModelError
+from ..formats import packquant
 from ..runtime.convert import RUNTIMES, convert_dense
 from ..runtime.hf import load_compact
 from ..settings import Settings, api, setting
