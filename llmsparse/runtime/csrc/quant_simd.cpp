@@ -16,6 +16,7 @@
 #define LLMSPARSE_X86 1
 #include <immintrin.h>
 #define AVX512_FN __attribute__((target("avx512f,avx512bw,avx2,fma,f16c,popcnt")))
+#define VBMI_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,avx2,fma,f16c,popcnt")))
 #else
 #define LLMSPARSE_X86 0
 #endif
@@ -70,6 +71,78 @@ AVX512_FN inline __m512 offset_of(const QMatrix& w, int64_t r, int64_t g) {
   return _mm512_set1_ps(static_cast<float>(1 << (w.bits - 1)) + zp);
 }
 
+// Byte j of the 32 nibbles that start at nibble parity s: source byte (j + s) / 2 (vpermb indices), for s = 0 and 1.
+struct NibbleIndex {
+  alignas(32) uint8_t idx[2][32];
+  NibbleIndex() {
+    for (int s = 0; s < 2; ++s)
+      for (int j = 0; j < 32; ++j) idx[s][j] = static_cast<uint8_t>((j + s) / 2);
+  }
+};
+const NibbleIndex kNibbles;
+
+// Thirty-two columns at once (AVX-512 VBMI/VBMI2): the codes as signed bytes (q - offset - zp, int4 any grid or int8
+// symmetric), expanded into the kept columns with one byte expand, then widened to two fp32 vectors.
+VBMI_FN inline void step32(const QMatrix& w, int64_t r, int64_t c, const uint8_t* codes, int64_t& e, __m256i bias, __m512& q0, __m512& q1) {
+  __m256i b;
+  if (w.bits == 4) {
+    const int s = static_cast<int>(e & 1);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (e >> 1)));
+    const __m256i x = _mm256_permutexvar_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbles.idx[s])), raw);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    b = _mm256_mask_blend_epi8(s ? 0x55555555u : 0xAAAAAAAAu, _mm256_and_si256(x, low), _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+  } else {
+    b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + e));
+  }
+  b = _mm256_sub_epi8(b, bias);
+  if (w.mask) {
+    uint32_t m;
+    std::memcpy(&m, w.mask + r * w.nb + c / 8, 4);
+    b = _mm256_maskz_expand_epi8(m, b);
+    e += _mm_popcnt_u32(m);
+  } else {
+    e += 32;
+  }
+  q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+  q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+}
+
+template <int TB>
+VBMI_FN void qrow_dot32(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const float* x, int64_t xpitch, float* out) {
+  __m512 y[TB];
+  for (int t = 0; t < TB; ++t) y[t] = _mm512_setzero_ps();
+  const int offset = 1 << (w.bits - 1);
+  for (int64_t g = 0; g < w.groups; ++g) {
+    const int zp = w.zero ? w.zero[r * w.groups + g] : 0;
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(offset + zp));
+    const __m512 fbias = _mm512_set1_ps(static_cast<float>(offset + zp));
+    __m512 a[TB], b[TB];
+    for (int t = 0; t < TB; ++t) a[t] = b[t] = _mm512_setzero_ps();
+    const int64_t c1 = (g + 1) * w.group;
+    int64_t c = g * w.group;
+    for (; c + 32 <= c1; c += 32) {
+      __m512 q0, q1;
+      step32(w, r, c, codes, e, bias, q0, q1);
+      for (int t = 0; t < TB; ++t) {
+        a[t] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(x + t * xpitch + c), a[t]);
+        b[t] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + t * xpitch + c + 16), b[t]);
+      }
+    }
+    for (; c < c1; c += 16) {  // a per-channel row's tail
+      const __m512 q = step(w, r, c, codes, e, fbias);
+      for (int t = 0; t < TB; ++t) a[t] = _mm512_fmadd_ps(q, _mm512_loadu_ps(x + t * xpitch + c), a[t]);
+    }
+    const __m512 sc = _mm512_set1_ps(scale_at(w, r, g));
+    for (int t = 0; t < TB; ++t) y[t] = _mm512_fmadd_ps(_mm512_add_ps(a[t], b[t]), sc, y[t]);
+  }
+  for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]);
+}
+
+bool has_vbmi() {
+  static const bool yes = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+
 template <int TB>
 AVX512_FN void qrow_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const float* x, int64_t xpitch, float* out) {
   __m512 y[TB];
@@ -118,6 +191,12 @@ bool qsimd_fits(Isa isa, const QMatrix& w) {
 
 void qsimd_row_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const float* x, int64_t xpitch, int64_t T, float* out) {
   int64_t t = 0;
+  if (has_vbmi() && (w.group % 32 == 0 || w.groups == 1) && !(w.bits == 8 && w.zero)) {  // int8 - zp can leave the byte range
+    for (; t + 4 <= T; t += 4) qrow_dot32<4>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+    for (; t + 2 <= T; t += 2) qrow_dot32<2>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+    for (; t < T; ++t) qrow_dot32<1>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+    return;
+  }
   for (; t + 4 <= T; t += 4) qrow_dot<4>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
   for (; t + 2 <= T; t += 2) qrow_dot<2>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
   for (; t < T; ++t) qrow_dot<1>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
