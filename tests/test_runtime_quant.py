@@ -140,3 +140,19 @@ def test_a_pack_quantized_export_runs_from_its_dense_codes(tokenizer, calib_ids,
     with torch.no_grad():
         torch.testing.assert_close(sparse(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)  # the blocked path
         torch.testing.assert_close(sparse(ids[:, :3]).logits, model(ids[:, :3]).logits, atol=1e-4, rtol=1e-4)  # in registers
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("rows, cols, group", [(9, 96, 32), (130, 256, 128), (5, 64, -1)])
+def test_bf16_activations_take_the_bf16_dot_product_path_with_the_same_result(ext, symmetric, rows, cols, group):
+    """bf16 inputs with int4 codes run vdpbf16ps on exact bf16 integers (where the CPU has it): the fp32 path's result, one bf16 rounding apart."""
+    for sparsity in (0.0, 0.6):
+        weight, state, reference = quantized(rows, cols, group, 4, symmetric, sparsity)
+        for layout in (sparse_layout(weight, state), dense_layout(weight, state)):
+            codes, bits, mask, offsets, scale, zero = quant._args(layout)
+            for tokens in (1, 2, 3, 4, 7):
+                x = torch.randn(tokens, cols).bfloat16()
+                got = ext.qrows_matmul(x, codes, bits, mask, offsets, cols, scale, zero, None, kernel.ISAS.index(kernel.cpu_isa()))
+                assert got.dtype == torch.bfloat16
+                expected = (x.double() @ reference.t()).float()
+                torch.testing.assert_close(got.float(), expected, atol=1e-2 * float(expected.abs().max()) + 1e-3, rtol=1e-2)

@@ -146,18 +146,27 @@ torch::Tensor qrows_matmul(torch::Tensor x, torch::Tensor codes, int64_t bits, t
   const QMatrix w = qmatrix(codes, bits, mask, row_offsets, scale.size(0), cols, scale, zero);
   const bool simd = use_simd(isa, w);
   TORCH_CHECK(!x.is_cuda() && x.size(-1) == cols, "quant_linear: x must be a CPU tensor [..., ", cols, "]");
-  const int64_t pitch = (cols + 15) / 16 * 16;
-  const auto xc = x.reshape({-1, cols}).to(torch::kFloat32);
+  const bool bf16 = x.scalar_type() == torch::kBFloat16 && isa == kAvx512 && llmsparse::qsimd_bf16_fits(static_cast<Isa>(isa), w);
+  const int64_t pitch = (cols + 31) / 32 * 32;
+  const auto xc = x.reshape({-1, cols}).to(bf16 ? torch::kBFloat16 : torch::kFloat32);
   const int64_t T = xc.size(0);
   auto xp = torch::zeros({T, pitch}, xc.options());
   xp.narrow(1, 0, cols).copy_(xc);
-  auto out = torch::empty({w.rows, T}, xc.options());
-  const float* xd = xp.data_ptr<float>();
+  auto out = torch::empty({w.rows, T}, xc.options().dtype(torch::kFloat32));
+  const void* xd = xp.data_ptr();
   float* od = out.data_ptr<float>();
   const int most = at::get_num_threads();
   llmsparse::paced_chunks({w.rows, cols, bits + (w.mask ? 0 : 100), T}, w.rows, chunk_rows(w, most), most, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> pad;
-    for (int64_t r = r0; r < r1; ++r) qdot_row(simd, w, r, pad, xd, pitch, T, od + r * T);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!bf16) {
+        qdot_row(simd, w, r, pad, static_cast<const float*>(xd), pitch, T, od + r * T);
+        continue;
+      }
+      int64_t first;
+      const uint8_t* codes = row_stream(w, r, first, pad);
+      llmsparse::qsimd_row_dot_bf16(w, r, codes, first, static_cast<const uint16_t*>(xd), pitch, T, od + r * T);
+    }
   });
   auto y = T == 1 ? out.view({1, w.rows}) : out.t().contiguous();
   if (bias.has_value() && bias->defined()) y.add_(*bias);

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #define AVX512_FN __attribute__((target("avx512f,avx512bw,avx2,fma,f16c,popcnt")))
 #define VBMI_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,avx2,fma,f16c,popcnt")))
+#define BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,avx512bf16,avx2,fma,f16c,popcnt")))
 #else
 #define LLMSPARSE_X86 0
 #endif
@@ -82,8 +83,8 @@ struct NibbleIndex {
 const NibbleIndex kNibbles;
 
 // Thirty-two columns at once (AVX-512 VBMI/VBMI2): the codes as signed bytes (q - offset - zp, int4 any grid or int8
-// symmetric), expanded into the kept columns with one byte expand, then widened to two fp32 vectors.
-VBMI_FN inline void step32(const QMatrix& w, int64_t r, int64_t c, const uint8_t* codes, int64_t& e, __m256i bias, __m512& q0, __m512& q1) {
+// symmetric), expanded into the kept columns with one byte expand (zeros elsewhere).
+VBMI_FN inline __m256i bytes32(const QMatrix& w, int64_t r, int64_t c, const uint8_t* codes, int64_t& e, __m256i bias) {
   __m256i b;
   if (w.bits == 4) {
     const int s = static_cast<int>(e & 1);
@@ -95,16 +96,58 @@ VBMI_FN inline void step32(const QMatrix& w, int64_t r, int64_t c, const uint8_t
     b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + e));
   }
   b = _mm256_sub_epi8(b, bias);
-  if (w.mask) {
-    uint32_t m;
-    std::memcpy(&m, w.mask + r * w.nb + c / 8, 4);
-    b = _mm256_maskz_expand_epi8(m, b);
-    e += _mm_popcnt_u32(m);
-  } else {
+  if (!w.mask) {
     e += 32;
+    return b;
   }
+  uint32_t m;
+  std::memcpy(&m, w.mask + r * w.nb + c / 8, 4);
+  e += _mm_popcnt_u32(m);
+  return _mm256_maskz_expand_epi8(m, b);
+}
+
+// bytes32 widened to two fp32 vectors.
+VBMI_FN inline void step32(const QMatrix& w, int64_t r, int64_t c, const uint8_t* codes, int64_t& e, __m256i bias, __m512& q0, __m512& q1) {
+  const __m256i b = bytes32(w, r, c, codes, e, bias);
   q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
   q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+}
+
+// bf16 of the integers -16..15, indexed by their low five bits (vpermw reads only those).
+struct Bf16Ints {
+  alignas(64) uint16_t v[32];
+  Bf16Ints() {
+    for (int i = 0; i < 32; ++i) {
+      const float f = static_cast<float>(i < 16 ? i : i - 32);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      v[i] = static_cast<uint16_t>(u >> 16);  // exact: at most 4 significant bits
+    }
+  }
+};
+const Bf16Ints kBf16Ints;
+
+// bf16 activations and int4 codes (AVX-512 BF16): the 32 codes become bf16 integers (exact) with one vpermw and
+// vdpbf16ps multiplies them with 32 bf16 inputs, accumulating pairs in fp32. x rows hold bf16 bits, `xpitch` apart.
+template <int TB>
+BF16_FN void qrow_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const uint16_t* x, int64_t xpitch, float* out) {
+  const __m512i table = _mm512_load_si512(kBf16Ints.v);
+  __m512 y[TB];
+  for (int t = 0; t < TB; ++t) y[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.groups; ++g) {
+    const int zp = w.zero ? w.zero[r * w.groups + g] : 0;
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(8 + zp));
+    __m512 a[TB];
+    for (int t = 0; t < TB; ++t) a[t] = _mm512_setzero_ps();
+    for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32) {
+      const __m512i q = _mm512_permutexvar_epi16(_mm512_cvtepi8_epi16(bytes32(w, r, c, codes, e, bias)), table);
+      for (int t = 0; t < TB; ++t)
+        a[t] = _mm512_dpbf16_ps(a[t], (__m512bh)q, (__m512bh)_mm512_loadu_si512(x + t * xpitch + c));
+    }
+    const __m512 sc = _mm512_set1_ps(scale_at(w, r, g));
+    for (int t = 0; t < TB; ++t) y[t] = _mm512_fmadd_ps(a[t], sc, y[t]);
+  }
+  for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]);
 }
 
 template <int TB>
@@ -204,11 +247,25 @@ void qsimd_row_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t fi
 
 void qsimd_row_decompress(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, float* out) { qrow_decompress(w, r, codes, first, out); }
 
+bool qsimd_bf16_fits(Isa isa, const QMatrix& w) {
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  return qsimd_fits(isa, w) && bf16 && has_vbmi() && w.bits == 4 && w.group % 32 == 0;
+}
+
+void qsimd_row_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const uint16_t* x, int64_t xpitch, int64_t T, float* out) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) qrow_dot_bf16<4>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+  for (; t + 2 <= T; t += 2) qrow_dot_bf16<2>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+  for (; t < T; ++t) qrow_dot_bf16<1>(w, r, codes, first, x + t * xpitch, xpitch, out + t);
+}
+
 #else
 
 bool qsimd_fits(Isa, const QMatrix&) { return false; }
 void qsimd_row_dot(const QMatrix&, int64_t, const uint8_t*, int64_t, const float*, int64_t, int64_t, float*) {}
 void qsimd_row_decompress(const QMatrix&, int64_t, const uint8_t*, int64_t, float*) {}
+bool qsimd_bf16_fits(Isa, const QMatrix&) { return false; }
+void qsimd_row_dot_bf16(const QMatrix&, int64_t, const uint8_t*, int64_t, const uint16_t*, int64_t, int64_t, float*) {}
 
 #endif
 

@@ -56,6 +56,12 @@ bool qsimd_fits(Isa isa, const QMatrix& w);
 // out[t] = row r . x[t] for T tokens; codes read from `codes` (the row's stream, or a padded copy) at code index `first`.
 void qsimd_row_dot(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const float* x, int64_t xpitch, int64_t T, float* out);
 
+// True when the bf16-activation path (qsimd_row_dot_bf16: int4, AVX-512 BF16 + VBMI2, groups of 32k columns) fits.
+bool qsimd_bf16_fits(Isa isa, const QMatrix& w);
+
+// qsimd_row_dot for bf16 activations (bit patterns, rows `xpitch` apart, zero-padded to a multiple of 32).
+void qsimd_row_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const uint16_t* x, int64_t xpitch, int64_t T, float* out);
+
 // Row r dequantized: `cols` floats written to out (zeros where the mask is clear).
 void qsimd_row_decompress(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, float* out);
 
