@@ -175,12 +175,27 @@ torch::Tensor rows_matmul(torch::Tensor x, torch::Tensor values, torch::Tensor m
                           c10::optional<torch::Tensor> bias, int64_t isa) {
   const Isa use = checked_isa(isa);
   const Matrix w = matrix(values, mask, row_offsets, cols);
+  const int most = at::get_num_threads();
+  if (w.kind == 1 && x.scalar_type() == torch::kBFloat16 && llmsparse::bf16_dot_fits(use)) {  // bf16 x bf16: vdpbf16ps, x stays bf16
+    const int64_t pitch = (cols + 31) / 32 * 32;
+    const auto xc = x.reshape({-1, cols});
+    const int64_t T = xc.size(0);
+    auto xp = torch::zeros({T, pitch}, xc.options());
+    xp.narrow(1, 0, cols).copy_(xc);
+    auto out = torch::empty({w.rows, T}, x.options().dtype(torch::kFloat32));
+    const auto* xd = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    float* op = out.data_ptr<float>();
+    const auto* vals = static_cast<const uint16_t*>(w.values);
+    llmsparse::paced_chunks({w.rows, cols, 3, T}, w.rows, chunk(w.rows, w.nb, most), most, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) llmsparse::simd_row_dot_bf16(w.mask + r * w.nb, w.nb, vals + w.start(r), xd, pitch, T, op + r * T);
+    });
+    return finish(T == 1 ? out.view({1, w.rows}) : out.t().contiguous(), x, bias);
+  }
   const Tokens xf = padded_tokens(x, cols);
   const int64_t T = xf.T, pitch = xf.pitch;
   auto out = torch::empty({w.rows, T}, x.options().dtype(torch::kFloat32));  // row-major by output, transposed at the end
   const float* xp = xf.data.data();
   float* op = out.data_ptr<float>();
-  const int most = at::get_num_threads();
   llmsparse::paced_chunks({w.rows, cols, w.kind, T}, w.rows, chunk(w.rows, w.nb, most), most, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> pad;
     for (int64_t r = r0; r < r1; ++r) dot_row(use, w, r, row_values(w, r, pad), xp, pitch, T, op + r * T);

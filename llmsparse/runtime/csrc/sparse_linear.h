@@ -21,6 +21,12 @@ bool cpu_has(Isa isa);
 // out[t] = row . x[t] for T tokens, x rows `xpitch` floats apart.
 void simd_row_dot(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* values, int kind, const float* x, int64_t xpitch, int64_t T, float* out);
 
+// True when simd_row_dot_bf16 runs here (AVX-512 BF16 + VBMI2).
+bool bf16_dot_fits(Isa isa);
+
+// simd_row_dot for bf16 values and bf16 inputs (bit patterns; x rows `xpitch` apart, zero-padded to a multiple of 32).
+void simd_row_dot_bf16(const uint8_t* mask, int64_t nb, const uint16_t* values, const uint16_t* x, int64_t xpitch, int64_t T, float* out);
+
 // y[t] += xi[t] * row for T tokens, y rows `ypitch` floats apart.
 void simd_row_axpy(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* values, int kind, const float* xi, int64_t T, float* y, int64_t ypitch);
 
