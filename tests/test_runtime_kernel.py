@@ -190,7 +190,7 @@ def test_isa_requests_fall_back_with_a_note_never_a_crash(ext, monkeypatch, capl
         kernel.cpu_isa.cache_clear()
 
 
-@pytest.mark.parametrize("rows, cols", SHAPES + [(40, 11008)])
+@pytest.mark.parametrize("rows, cols", SHAPES + [(40, 11008), (41, 8200)])  # wide rows: one token walks rows in pairs
 def test_bf16_inputs_on_bf16_values_give_the_fp32_paths_result(ext, rows, cols):
     """bf16 x on bf16 values (vdpbf16ps where the CPU has it): products are exact, so only the output's bf16 rounding differs."""
     fmt = get_format("bitmask")

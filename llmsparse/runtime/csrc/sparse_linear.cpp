@@ -187,7 +187,11 @@ torch::Tensor rows_matmul(torch::Tensor x, torch::Tensor values, torch::Tensor m
     float* op = out.data_ptr<float>();
     const auto* vals = static_cast<const uint16_t*>(w.values);
     llmsparse::paced_chunks({w.rows, cols, 3, T}, w.rows, chunk(w.rows, w.nb, most), most, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) llmsparse::simd_row_dot_bf16(w.mask + r * w.nb, w.nb, vals + w.start(r), xd, pitch, T, op + r * T);
+      int64_t r = r0;
+      if (T == 1 && cols > 6144)  // one token, wide rows: rows in pairs, each load of x used twice (x no longer stays in L1)
+        for (; r + 2 <= r1; r += 2)
+          llmsparse::simd_rows_dot_bf16(w.mask + r * w.nb, w.mask + (r + 1) * w.nb, w.nb, vals + w.start(r), vals + w.start(r + 1), xd, op + r);
+      for (; r < r1; ++r) llmsparse::simd_row_dot_bf16(w.mask + r * w.nb, w.nb, vals + w.start(r), xd, pitch, T, op + r * T);
     });
     return finish(T == 1 ? out.view({1, w.rows}) : out.t().contiguous(), x, bias);
   }

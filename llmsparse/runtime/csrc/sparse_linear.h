@@ -27,6 +27,9 @@ bool bf16_dot_fits(Isa isa);
 // simd_row_dot for bf16 values and bf16 inputs (bit patterns; x rows `xpitch` apart, zero-padded to a multiple of 32).
 void simd_row_dot_bf16(const uint8_t* mask, int64_t nb, const uint16_t* values, const uint16_t* x, int64_t xpitch, int64_t T, float* out);
 
+// Two rows' dot products with one bf16 token x (out[0], out[1]): simd_row_dot_bf16 for a pair of rows, x read once.
+void simd_rows_dot_bf16(const uint8_t* mask_a, const uint8_t* mask_b, int64_t nb, const uint16_t* values_a, const uint16_t* values_b, const uint16_t* x, float* out);
+
 // y[t] += xi[t] * row for T tokens, y rows `ypitch` floats apart.
 void simd_row_axpy(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* values, int kind, const float* xi, int64_t T, float* y, int64_t ypitch);
 

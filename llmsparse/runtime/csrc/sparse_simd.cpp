@@ -307,6 +307,47 @@ void simd_row_dot(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* value
   }
 }
 
+// Two rows at once for one token: each 64-byte load of x feeds both rows, which halves the L1/L2 traffic for x
+// (wide rows evict x from L1 as their values stream through; docs/RUNTIME.md).
+BF16DOT_FN void row_pair_bf16(const uint8_t* ma, const uint8_t* mb, int64_t nb, const uint16_t* va, const uint16_t* vb, const uint16_t* x, float* out) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+  int64_t g = 0;
+  for (; g + 8 <= nb; g += 8) {
+    uint32_t ma0, ma1, mb0, mb1;
+    std::memcpy(&ma0, ma + g, 4);
+    std::memcpy(&ma1, ma + g + 4, 4);
+    std::memcpy(&mb0, mb + g, 4);
+    std::memcpy(&mb1, mb + g + 4, 4);
+    const __m512i x0 = _mm512_loadu_si512(x + 8 * g), x1 = _mm512_loadu_si512(x + 8 * g + 32);
+    const __m512i wa0 = _mm512_maskz_expandloadu_epi16(ma0, va);
+    va += _mm_popcnt_u32(ma0);
+    const __m512i wa1 = _mm512_maskz_expandloadu_epi16(ma1, va);
+    va += _mm_popcnt_u32(ma1);
+    const __m512i wb0 = _mm512_maskz_expandloadu_epi16(mb0, vb);
+    vb += _mm_popcnt_u32(mb0);
+    const __m512i wb1 = _mm512_maskz_expandloadu_epi16(mb1, vb);
+    vb += _mm_popcnt_u32(mb1);
+    a0 = _mm512_dpbf16_ps(a0, (__m512bh)wa0, (__m512bh)x0);
+    a1 = _mm512_dpbf16_ps(a1, (__m512bh)wa1, (__m512bh)x1);
+    b0 = _mm512_dpbf16_ps(b0, (__m512bh)wb0, (__m512bh)x0);
+    b1 = _mm512_dpbf16_ps(b1, (__m512bh)wb1, (__m512bh)x1);
+  }
+  for (; g < nb; g += 4) {
+    uint32_t bits_a = 0, bits_b = 0;
+    for (int64_t i = 0; i < 4 && g + i < nb; ++i) {
+      bits_a |= static_cast<uint32_t>(ma[g + i]) << (8 * i);
+      bits_b |= static_cast<uint32_t>(mb[g + i]) << (8 * i);
+    }
+    const __m512i xv = _mm512_loadu_si512(x + 8 * g);
+    a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_expandloadu_epi16(bits_a, va), (__m512bh)xv);
+    b0 = _mm512_dpbf16_ps(b0, (__m512bh)_mm512_maskz_expandloadu_epi16(bits_b, vb), (__m512bh)xv);
+    va += _mm_popcnt_u32(bits_a);
+    vb += _mm_popcnt_u32(bits_b);
+  }
+  out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  out[1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
+}
+
 bool bf16_dot_fits(Isa isa) {
   static const bool yes = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl") && has_vbmi2();
   return isa == kAvx512 && yes;
@@ -317,6 +358,10 @@ void simd_row_dot_bf16(const uint8_t* mask, int64_t nb, const uint16_t* values, 
   for (; t + 4 <= T; t += 4) row_dot_bf16<4>(mask, nb, values, x + t * xpitch, xpitch, out + t);
   for (; t + 2 <= T; t += 2) row_dot_bf16<2>(mask, nb, values, x + t * xpitch, xpitch, out + t);
   for (; t < T; ++t) row_dot_bf16<1>(mask, nb, values, x + t * xpitch, xpitch, out + t);
+}
+
+void simd_rows_dot_bf16(const uint8_t* ma, const uint8_t* mb, int64_t nb, const uint16_t* va, const uint16_t* vb, const uint16_t* x, float* out) {
+  row_pair_bf16(ma, mb, nb, va, vb, x, out);
 }
 
 void simd_row_axpy(Isa isa, const uint8_t* mask, int64_t nb, const uint8_t* values, int kind, const float* xi, int64_t T, float* y, int64_t ypitch) {
@@ -335,6 +380,7 @@ void simd_row_decompress(Isa isa, const uint8_t* mask, int64_t nb, int64_t cols,
 bool cpu_has(Isa isa) { return isa == kScalar; }
 bool bf16_dot_fits(Isa) { return false; }
 void simd_row_dot_bf16(const uint8_t*, int64_t, const uint16_t*, const uint16_t*, int64_t, int64_t, float*) {}
+void simd_rows_dot_bf16(const uint8_t*, const uint8_t*, int64_t, const uint16_t*, const uint16_t*, const uint16_t*, float*) {}
 void simd_row_dot(Isa, const uint8_t*, int64_t, const uint8_t*, int, const float*, int64_t, int64_t, float*) {}
 void simd_row_axpy(Isa, const uint8_t*, int64_t, const uint8_t*, int, const float*, int64_t, float*, int64_t) {}
 void simd_row_decompress(Isa, const uint8_t*, int64_t, int64_t, const uint8_t*, int, uint8_t*) {}
