@@ -156,3 +156,17 @@ def test_bf16_activations_take_the_bf16_dot_product_path_with_the_same_result(ex
                 assert got.dtype == torch.bfloat16
                 expected = (x.double() @ reference.t()).float()
                 torch.testing.assert_close(got.float(), expected, atol=1e-2 * float(expected.abs().max()) + 1e-3, rtol=1e-2)
+
+
+def test_quantized_sparse_linear_weight_autograd_and_input_major():
+    """``weight`` is the dequantized matrix; autograd and the input-major walk fall back to it (dequantized once)."""
+    from llmsparse.runtime import SparseLinear
+
+    weight, state, reference = quantized(48, 64, 32, 4, False, 0.5)
+    layer = SparseLinear(64, 48, get_format("bitmask"), quantized_compress(weight, state))
+    assert torch.equal(layer.weight, weight)
+    x = torch.randn(20, 64, requires_grad=True)
+    layer(x).sum().backward()  # more than 8 tokens with autograd: F.linear on the dequantized matrix
+    torch.testing.assert_close(x.grad, weight.sum(0).expand(20, -1))
+    layer.use_input_major(True)  # re-compressed as a float bitmask of the other orientation
+    torch.testing.assert_close(layer(x[:3].detach()), x[:3].detach() @ weight.t(), atol=1e-5, rtol=1e-5)
