@@ -18,6 +18,7 @@ reads, and sparsity does not touch it), r the compressed/dense bytes of the prun
 ``widths``: the cost per kept value against the row length, one thread (where the row walk stops scaling).
 
     python bench/runtime_gemma.py matmul [--repeats 30] [--batches 1,9,128]
+    python bench/runtime_gemma.py quant [--repeats 30] [--batches 1,4] [--busy]   (bench/_runtime_quant.py)
     python bench/runtime_gemma.py widths [--repeats 30]
     python bench/runtime_gemma.py e2e [--sparsities 0.5,0.7] [--windows 8]
 """
@@ -236,12 +237,13 @@ def e2e(sparsities: list[float], windows: int, tokens: int, workdir: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["matmul", "widths", "e2e", "child"])
+    parser.add_argument("part", choices=["matmul", "quant", "widths", "e2e", "child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batches", default="1,9,128", help="matmul: tokens per call (the Gemma shapes run at batch 1 only)")
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--busy", action="store_true", help="quant: run while another process does a dense matmul loop")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument(
         "--workdir", default=str(Path(os.environ.get("LLMSPARSE_CACHE", Path.home() / ".cache" / "llmsparse")) / "bench-runtime")
@@ -251,6 +253,10 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.spec))))
     elif args.part == "matmul":
         matmul(args.repeats, [int(b) for b in args.batches.split(",")])
+    elif args.part == "quant":
+        from _runtime_quant import table
+
+        table(args.repeats, [int(b) for b in args.batches.split(",")], args.busy, median_times, f"{machine_header()}; load average {load_average()}")
     elif args.part == "widths":
         widths(args.repeats)
     else:

@@ -188,3 +188,18 @@ def test_isa_requests_fall_back_with_a_note_never_a_crash(ext, monkeypatch, capl
             kernel.cpu_isa()
     finally:
         kernel.cpu_isa.cache_clear()
+
+
+@pytest.mark.parametrize("rows, cols", SHAPES + [(40, 11008), (41, 8200)])  # wide rows: one token walks rows in pairs
+def test_bf16_inputs_on_bf16_values_give_the_fp32_paths_result(ext, rows, cols):
+    """bf16 x on bf16 values (vdpbf16ps where the CPU has it): products are exact, so only the output's bf16 rounding differs."""
+    fmt = get_format("bitmask")
+    for sparsity in (0.0, 0.5, 0.9, 1.0):
+        w = sparse_matrix(rows, cols, torch.bfloat16, sparsity)
+        values, bits, offsets = layout_args(fmt.compress(w, "w"), fmt)
+        for tokens in (1, 2, 3, 4, 6):
+            x = torch.randn(tokens, cols).bfloat16()
+            got = ext.rows_matmul(x, values, bits, offsets, cols, None, kernel.ISAS.index(kernel.cpu_isa()))
+            expected = reference(x.float(), w)
+            assert got.dtype == torch.bfloat16
+            torch.testing.assert_close(got.float(), expected, atol=tolerance(torch.bfloat16, x, w) + 1e-2 * float(expected.abs().max()), rtol=1e-2)

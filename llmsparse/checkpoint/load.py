@@ -26,6 +26,7 @@ from ..activation import io as activation_io
 from ..core import bnb
 from ..core.cpu import DTYPES, parse_dtype
 from ..errors import CheckpointError, LlmsparseError, ModelError
+from ..formats import packquant
 from ..runtime.convert import RUNTIMES, convert_dense
 from ..runtime.hf import load_compact
 from ..settings import Settings, api, setting
@@ -149,6 +150,8 @@ def load_model(
         direct = False  # True: a compact checkpoint loaded straight into compressed layers
         if block is not None and s.load_in:
             raise ModelError(f"{source}: load_in needs a dense checkpoint; this one is compact (save it with --format dense to quantize it with bitsandbytes)")
+        if block is None and s.runtime != "dense" and local:  # a pack-quantized export: its codes run in the sparse runtime
+            block = packquant.runtime_block(getattr(config, "quantization_config", None), formats.shard_files(Path(source)))
         if block is not None:
             if not local:  # a compact checkpoint on the Hub: fetch the files, then read them ourselves
                 from huggingface_hub import snapshot_download

@@ -54,6 +54,39 @@ class SparseLayout:
     bitmask: torch.Tensor  # uint8 [rows, ceil(cols/8)]
     row_offsets: torch.Tensor | None = None  # int64 [rows]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the values."""
+        return self.values.dtype
+
+
+@dataclass
+class QuantLayout:
+    """One quantized matrix ``[rows, cols]`` as the runtime's kernels read it: integer codes, group scales, and a mask when sparse.
+
+    ``codes`` uint8, the stored int32 words viewed as bytes: ``bits``-bit codes in offset binary
+    (``q + 2^(bits-1)``, low nibble first), as :func:`~llmsparse.formats.packquant.pack_int32` packs
+    them. Sparse (``bitmask`` set): one stream of the kept weights' codes in row-major order, row
+    ``r``'s starting at code ``row_offsets[r]``. Dense (``bitmask`` None): row ``r``'s codes start at
+    byte ``r * codes.numel() // rows``. Value ``(q - zero_point)·scale`` with ``scale`` (float dtype)
+    and ``zero_point`` (int8, None when symmetric) ``[rows, groups]``, a group being ``cols // groups``
+    consecutive columns. Views of the stored tensors, no copies.
+    """
+
+    rows: int
+    cols: int
+    bits: int
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None = None
+    bitmask: torch.Tensor | None = None
+    row_offsets: torch.Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the dequantized values take (the scales')."""
+        return self.scale.dtype
+
 
 @dataclass
 class NoOptions:
@@ -111,7 +144,11 @@ class Format:
         """The stored weight rebuilt from :meth:`compress`'s tensors, checking that they agree."""
         raise NotImplementedError
 
-    def layout(self, parts: dict[str, torch.Tensor], name: str) -> SparseLayout | None:
+    def required(self, present: set[str]) -> tuple[str, ...]:
+        """The parts a matrix that stores ``present`` must have (a quantized matrix stores codes instead of values)."""
+        return self.parts
+
+    def layout(self, parts: dict[str, torch.Tensor], name: str) -> SparseLayout | QuantLayout | None:
         """:meth:`compress`'s tensors as a :class:`SparseLayout` (checked as :meth:`decompress` checks them), or None:
         this format has no sparse runtime, and its matrices are loaded dense."""
         return None

@@ -15,7 +15,7 @@ import torch
 
 from ..core.quantgrid import QuantState, state_of
 from ..errors import CheckpointError
-from .base import Format, SparseLayout, pack_bits, register, unpack_bits
+from .base import Format, QuantLayout, SparseLayout, pack_bits, register, unpack_bits
 from .packquant import pack_int32, unpack_int32
 
 CT_FORMAT = "sparse-bitmask"
@@ -94,6 +94,40 @@ def quantized_compress(weight: torch.Tensor, state: QuantState) -> dict[str, tor
     return parts
 
 
+QUANT_PARTS = ("shape", "bitmask", "codes", "quant_bits", "scale")
+
+
+def quant_checked(parts: dict[str, torch.Tensor], name: str = "") -> tuple[list[int], int, torch.Tensor]:
+    """``(shape, bits, kept per row)`` of a quantized bitmask matrix, after checking that its parts agree."""
+    missing = set(QUANT_PARTS) - set(parts)
+    if missing:
+        raise CheckpointError(f"{name}: quantized weight lacks {', '.join(sorted(missing))}")
+    shape = [int(v) for v in parts["shape"].flatten().tolist()]
+    scale, bits = parts["scale"], int(parts["quant_bits"].flatten()[0])
+    if len(shape) != 2 or bits not in (4, 8) or scale.dim() != 2 or scale.shape[0] != shape[0] or scale.shape[1] < 1 or shape[1] % scale.shape[1]:
+        raise CheckpointError(f"{name}: quantization scales {list(scale.shape)} do not fit shape {shape} at {bits} bits")
+    packed = parts["bitmask"]
+    if packed.dtype != torch.uint8 or list(packed.shape) != [shape[0], (shape[1] + 7) // 8]:
+        raise CheckpointError(f"{name}: bitmask {list(packed.shape)} does not fit shape {shape}")
+    counts = row_counts(packed)
+    kept = int(counts.sum())
+    if parts["codes"].numel() != -(-kept * bits // 32):
+        raise CheckpointError(f"{name}: {parts['codes'].numel()} code words for {kept} kept weights at {bits} bits")
+    zero = parts.get("zero_point")
+    if zero is not None and (zero.dtype != torch.int8 or zero.shape != scale.shape):
+        raise CheckpointError(f"{name}: zero_point {list(zero.shape)} does not fit scales {list(scale.shape)}")
+    return shape, bits, counts
+
+
+def quant_layout(parts: dict[str, torch.Tensor], name: str = "") -> QuantLayout:
+    """The runtime layout of a quantized bitmask matrix: its codes, mask and scales as stored (never dequantized)."""
+    (rows, cols), bits, counts = quant_checked(parts, name)
+    codes = parts["codes"].contiguous().view(torch.uint8).reshape(-1)
+    zero = parts.get("zero_point")
+    return QuantLayout(rows, cols, bits, codes, parts["scale"].contiguous(), zero.contiguous() if zero is not None else None,
+                       parts["bitmask"].contiguous(), counts.cumsum(0) - counts)
+
+
 def with_values(parts: dict[str, torch.Tensor], name: str = "") -> dict[str, torch.Tensor]:
     """``parts`` with ``compressed`` (the kept values, the scale's dtype) rebuilt from quantized codes when it holds codes.
 
@@ -101,19 +135,9 @@ def with_values(parts: dict[str, torch.Tensor], name: str = "") -> dict[str, tor
     """
     if "codes" not in parts:
         return parts
-    missing = {"shape", "bitmask", "quant_bits", "scale"} - set(parts)
-    if missing:
-        raise CheckpointError(f"{name}: quantized weight lacks {', '.join(sorted(missing))}")
-    shape = [int(v) for v in parts["shape"].flatten().tolist()]
-    scale, bits = parts["scale"], int(parts["quant_bits"].flatten()[0])
-    if len(shape) != 2 or bits not in (4, 8) or scale.dim() != 2 or scale.shape[0] != shape[0] or shape[1] % scale.shape[1]:
-        raise CheckpointError(f"{name}: quantization scales {list(scale.shape)} do not fit shape {shape} at {bits} bits")
-    rows, cols = shape
-    if list(parts["bitmask"].shape) != [rows, (cols + 7) // 8]:
-        raise CheckpointError(f"{name}: bitmask {list(parts['bitmask'].shape)} does not fit shape {shape}")
+    (rows, cols), bits, _ = quant_checked(parts, name)
+    scale = parts["scale"]
     where = unpack_bits(parts["bitmask"], cols).nonzero()
-    if parts["codes"].numel() != -(-len(where) * bits // 32):
-        raise CheckpointError(f"{name}: {parts['codes'].numel()} code words for {len(where)} kept weights at {bits} bits")
     codes = unpack_int32(parts["codes"].reshape(1, -1), bits, len(where))[0].float()
     group = where[:, 1] // (cols // scale.shape[1])
     zero = parts["zero_point"][where[:, 0], group].float() if "zero_point" in parts else 0.0
@@ -131,20 +155,15 @@ class Bitmask(Format):
     def __init__(self, config=None):
         super().__init__(config)
         self.states: dict[str, QuantState] = {}
-        self.quantized = False  # a checkpoint read back: its matrices hold codes
 
     @classmethod
     def from_config(cls, block):
         if block.get("format") != CT_FORMAT:
             return None
-        found = cls()
-        found.quantized = bool(block.get("quantized"))
-        return found
+        return cls()
 
-    @property
-    def runs_sparse(self) -> bool:
-        """Quantized matrices are decoded to values at load (the sparse runtime then compresses them again)."""
-        return not self.quantized
+    def required(self, present):
+        return QUANT_PARTS if "codes" in present else self.parts
 
     def config_block(self):
         block = {"format": CT_FORMAT, "sparsity_structure": "unstructured"}
@@ -165,4 +184,4 @@ class Bitmask(Format):
         return decompress(with_values(parts, name), name)
 
     def layout(self, parts, name):
-        return sparse_layout(with_values(parts, name), name)
+        return quant_layout(parts, name) if "codes" in parts else sparse_layout(parts, name)

@@ -20,9 +20,26 @@ from torch import nn
 
 from ..core.quantgrid import Grid, QuantState, dequantize, state_of
 from ..errors import CheckpointError
-from .base import Format, register
+from .base import Format, QuantLayout, register
 
 CT_FORMAT = "pack-quantized"
+
+
+def runtime_block(quant: dict | None, files: list) -> dict | None:
+    """A ``sparsity_config``-style block (format, targets) for loading a pack-quantized checkpoint into the sparse runtime, else None.
+
+    ``quant`` is the checkpoint's ``quantization_config``; the targets are the modules whose
+    ``weight_packed`` the safetensors ``files`` hold (read from their headers).
+    """
+    if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors" or quant.get("format") != CT_FORMAT:
+        return None
+    from safetensors import safe_open
+
+    targets = []
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            targets += [key.rpartition(".")[0] for key in f.keys() if key.endswith(".weight_packed")]
+    return {"format": CT_FORMAT, "targets": sorted(targets)}
 
 
 def pack_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -83,18 +100,35 @@ class PackQuantized(Format):
             "weight_shape": torch.tensor(list(weight.shape), dtype=torch.int64),
         }
 
+    @classmethod
+    def from_config(cls, block):
+        return cls() if block.get("format") == CT_FORMAT else None
+
+    def layout(self, parts, name):
+        """The dense quantized layout the runtime's kernels read: the packed words as bytes, each row padded to whole words."""
+        rows, cols, bits = self._checked(parts, name)
+        scale = parts["weight_scale"]
+        return QuantLayout(rows, cols, bits, parts["weight_packed"].contiguous().view(torch.uint8).reshape(-1), scale.contiguous())
+
     def decompress(self, parts, name):
+        rows, cols, bits = self._checked(parts, name)
+        codes = unpack_int32(parts["weight_packed"], bits, cols)
+        scale = parts["weight_scale"]
+        grid = Grid(bits, cols // scale.shape[1], True)
+        return dequantize(codes, scale.float(), torch.zeros(scale.shape), grid).to(scale.dtype)
+
+    @staticmethod
+    def _checked(parts: dict[str, torch.Tensor], name: str) -> tuple[int, int, int]:
+        """``(rows, cols, bits)`` of a packed matrix, after checking that its parts agree."""
         missing = {"weight_packed", "weight_scale", "weight_shape"} - set(parts)
         if missing:
             raise CheckpointError(f"{name}: packed weight lacks {', '.join(sorted(missing))}")
         rows, cols = (int(v) for v in parts["weight_shape"].tolist())
-        scale = parts["weight_scale"]
-        bits = parts["weight_packed"].shape[1] * 32 // cols if cols else 0
-        if bits not in (4, 8) or list(parts["weight_packed"].shape) != [rows, cols * bits // 32] or scale.shape[0] != rows:
-            raise CheckpointError(f"{name}: packed weight {list(parts['weight_packed'].shape)} does not fit shape {[rows, cols]}")
-        codes = unpack_int32(parts["weight_packed"], bits, cols)
-        grid = Grid(bits, cols // scale.shape[1], True)
-        return dequantize(codes, scale.float(), torch.zeros(scale.shape), grid).to(scale.dtype)
+        scale, packed = parts["weight_scale"], parts["weight_packed"]
+        bits = 4 if packed.dim() == 2 and cols and packed.shape[1] == -(-cols // 8) else 8
+        if packed.dtype != torch.int32 or list(packed.shape) != [rows, -(-cols * bits // 32)] or scale.dim() != 2 or scale.shape[0] != rows or cols % scale.shape[1]:
+            raise CheckpointError(f"{name}: packed weight {list(packed.shape)} does not fit shape {[rows, cols]}")
+        return rows, cols, bits
 
     def quantization_config(self) -> dict:
         """compressed-tensors' ``quantization_config`` for the matrices :meth:`prepare` saw."""

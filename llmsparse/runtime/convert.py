@@ -91,7 +91,7 @@ def summary(model: nn.Module) -> str:
 
     layers = sparse_layers(model)
     stored = sum(m.nbytes for m in layers.values())
-    dense = sum(m.in_features * m.out_features * m.layout().values.element_size() for m in layers.values())
+    dense = sum(m.in_features * m.out_features * m.layout().dtype.itemsize for m in layers.values())
     kinds = sorted({m.format.label for m in layers.values()})
     path = f"{cpu_isa()} kernels" if available() else "torch ops (no C++ kernel)"
     return (
@@ -129,11 +129,12 @@ def add_shells(model: nn.Module, block: dict, files: Iterable[str | Path], dtype
             module = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"the checkpoint stores {name!r}, which {type(model).__name__} does not have") from None
-        missing = [p for p in fmt.parts if f"{name}.{p}" not in headers]
+        present = [p for p in (*fmt.parts, *fmt.extra_parts) if f"{name}.{p}" in headers]
+        missing = [p for p in fmt.required(set(present)) if p not in present]
         if missing:
             raise CheckpointError(f"partial checkpoint: {name} lacks {', '.join(missing)}")
         parts = {}
-        for part in fmt.parts:
+        for part in present:  # a quantized matrix stores codes, scales (and zero points) instead of values
             shape, stored = headers[f"{name}.{part}"]
             kind = dtype if stored.is_floating_point and dtype is not None else stored
             parts[part] = torch.empty(shape, dtype=kind, device="meta")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..formats import get_format
-from ..formats.base import Format, SparseLayout
+from ..formats.base import Format, QuantLayout, SparseLayout
+from . import quant
 from . import sparse_kernel as kernel
 
 #: Calls with at most this many tokens walk the compressed matrix (decoding, small batches): each
@@ -105,7 +106,7 @@ class SparseLinear(nn.Linear):
         """The stored tensors, by their checkpoint names."""
         return {key: getattr(self, key) for key in self._part_names}
 
-    def layout(self) -> SparseLayout:
+    def layout(self) -> SparseLayout | QuantLayout:
         """The kernels' view of the stored tensors, checked by the format the first time (and after every move or cast)."""
         if self._layout is None:
             self._layout = self.format.layout(self.parts, self.name)
@@ -123,6 +124,8 @@ class SparseLinear(nn.Linear):
     def stored_dense(self, reuse: bool = False) -> torch.Tensor:
         """The stored matrix decompressed (``[out, in]``, or ``[in, out]`` when input-major), in the shared buffer if ``reuse``."""
         layout = self.layout()
+        if isinstance(layout, QuantLayout):
+            return quant.dense(layout, _buffer(layout.rows * layout.cols, layout.dtype, layout.scale.device) if reuse else None)
         values = layout.values
         size = layout.rows * layout.cols
         flat = _buffer(size, values.dtype, values.device) if reuse else torch.empty(size, dtype=values.dtype, device=values.device)
@@ -145,8 +148,13 @@ class SparseLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if x.device.type == "cpu" and kernel.available():
-            layout, ext, isa = self.layout(), kernel.load(), kernel.ISAS.index(kernel.cpu_isa())
+        layout = self.layout()
+        if isinstance(layout, QuantLayout) and x.device.type == "cpu" and kernel.available() and not self.input_major:
+            if tokens <= DECODE_TOKENS or not torch.is_grad_enabled():
+                block = max(BLOCK_ROWS, BLOCK_BYTES // max(1, layout.cols * layout.scale.element_size()))
+                return quant.matmul(layout, x, self.bias, tokens <= DECODE_TOKENS, block)
+        if x.device.type == "cpu" and kernel.available() and not isinstance(layout, QuantLayout):
+            ext, isa = kernel.load(), kernel.ISAS.index(kernel.cpu_isa())
             offsets = layout.row_offsets if layout.row_offsets is not None else _NO_OFFSETS
             if tokens <= DECODE_TOKENS:
                 matmul = ext.cols_matmul if self.input_major else ext.rows_matmul
@@ -168,7 +176,7 @@ class SparseLinear(nn.Linear):
         if input_major == self.input_major:
             return
         fmt = get_format("bitmask")
-        device = self.layout().values.device
+        device = next(iter(self.parts.values())).device
         with torch.no_grad():
             parts = fmt.compress(self.stored_dense().t().contiguous().cpu(), self.name)
         for key in self._part_names:

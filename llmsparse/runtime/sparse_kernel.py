@@ -8,6 +8,7 @@ decode kernel of activation sparsity and the sparse-weight kernels of this packa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -19,14 +20,16 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ISAS", "ISA_ENV", "ISA_FLAGS", "available", "build", "cpu_isa", "load"]
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.cpp", "sparse_simd.cpp")]  # + sparse_linear.h
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.cpp", "sparse_simd.cpp", "sparse_bf16.cpp", "quant_linear.cpp", "quant_simd.cpp")]
+#: Headers the sources include: torch's build cache hashes only the sources, so their hash goes into the flags.
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.h", "schedule.h")]
 
 
 #: Compiler flags for an extension compiled for one SIMD path (``build(..., isa=...)``).
 ISA_FLAGS = {"scalar": [], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"]}
 
 
-def build(name: str, sources: list[Path], isa: str | None = None):
+def build(name: str, sources: list[Path], isa: str | None = None, headers: list[Path] = ()):
     """The compiled extension module ``name`` built from ``sources`` (cached on disk by torch, rebuilt when they change).
 
     ``isa`` (one of :data:`ISAS`, normally :func:`cpu_isa`) compiles the whole source for that SIMD
@@ -36,6 +39,9 @@ def build(name: str, sources: list[Path], isa: str | None = None):
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-fopenmp"] + (ISA_FLAGS[isa] if isa else [])
+    if headers:  # a changed header changes the flags, which torch's cache does watch
+        digest = hashlib.sha1(b"".join(Path(h).read_bytes() for h in headers)).hexdigest()[:12]
+        flags.append(f"-DLLMSPARSE_HEADERS_{digest}")
     name = f"{name}_{isa}" if isa else name
     try:
         return cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
@@ -46,7 +52,7 @@ def build(name: str, sources: list[Path], isa: str | None = None):
 @lru_cache(maxsize=1)
 def load():
     """The sparse-weight matmul extension (built on the first call, about a minute)."""
-    return build("llmsparse_sparse_linear", SOURCES)
+    return build("llmsparse_sparse_linear", SOURCES, headers=HEADERS)
 
 
 @lru_cache(maxsize=1)

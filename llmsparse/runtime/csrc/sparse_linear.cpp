@@ -27,6 +27,7 @@
 #include <cstring>
 #include <vector>
 
+#include "schedule.h"
 #include "sparse_linear.h"
 
 using llmsparse::elem_size;
@@ -153,9 +154,11 @@ Tokens padded_tokens(const torch::Tensor& x, int64_t width) {
   return t;
 }
 
-// Rows per parallel chunk: at least ~32k mask bytes of work each, so small matrices stay on one
-// thread (a parallel region costs more than they do, and much more when the cores are shared).
+// Rows per parallel chunk: at most ~32k mask bytes of work each (small matrices stay on one thread:
+// a parallel region costs more than they do) and at least 8 chunks per thread (schedule.h: threads
+// claim chunks, so a preempted one delays the call by one chunk, not by its share).
 int64_t grain(int64_t nb) { return std::max<int64_t>(16, 32768 / std::max<int64_t>(1, nb)); }
+int64_t chunk(int64_t rows, int64_t nb, int threads) { return std::max<int64_t>(4, std::min<int64_t>(grain(nb), rows / (8 * std::max(1, threads)))); }
 
 // fp32 [T, n] -> x's dtype, bias added, shaped like x with its last dimension n.
 torch::Tensor finish(torch::Tensor y, const torch::Tensor& x, const c10::optional<torch::Tensor>& bias) {
@@ -172,12 +175,32 @@ torch::Tensor rows_matmul(torch::Tensor x, torch::Tensor values, torch::Tensor m
                           c10::optional<torch::Tensor> bias, int64_t isa) {
   const Isa use = checked_isa(isa);
   const Matrix w = matrix(values, mask, row_offsets, cols);
+  const int most = at::get_num_threads();
+  if (w.kind == 1 && x.scalar_type() == torch::kBFloat16 && llmsparse::bf16_dot_fits(use)) {  // bf16 x bf16: vdpbf16ps, x stays bf16
+    const int64_t pitch = (cols + 31) / 32 * 32;
+    const auto xc = x.reshape({-1, cols});
+    const int64_t T = xc.size(0);
+    auto xp = torch::zeros({T, pitch}, xc.options());
+    xp.narrow(1, 0, cols).copy_(xc);
+    auto out = torch::empty({w.rows, T}, x.options().dtype(torch::kFloat32));
+    const auto* xd = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+    float* op = out.data_ptr<float>();
+    const auto* vals = static_cast<const uint16_t*>(w.values);
+    llmsparse::paced_chunks({w.rows, cols, 3, T}, w.rows, chunk(w.rows, w.nb, most), most, [&](int64_t r0, int64_t r1) {
+      int64_t r = r0;
+      if (T == 1 && cols > 6144)  // one token, wide rows: rows in pairs, each load of x used twice (x no longer stays in L1)
+        for (; r + 2 <= r1; r += 2)
+          llmsparse::simd_rows_dot_bf16(w.mask + r * w.nb, w.mask + (r + 1) * w.nb, w.nb, vals + w.start(r), vals + w.start(r + 1), xd, op + r);
+      for (; r < r1; ++r) llmsparse::simd_row_dot_bf16(w.mask + r * w.nb, w.nb, vals + w.start(r), xd, pitch, T, op + r * T);
+    });
+    return finish(T == 1 ? out.view({1, w.rows}) : out.t().contiguous(), x, bias);
+  }
   const Tokens xf = padded_tokens(x, cols);
   const int64_t T = xf.T, pitch = xf.pitch;
   auto out = torch::empty({w.rows, T}, x.options().dtype(torch::kFloat32));  // row-major by output, transposed at the end
   const float* xp = xf.data.data();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, w.rows, grain(w.nb), [&](int64_t r0, int64_t r1) {
+  llmsparse::paced_chunks({w.rows, cols, w.kind, T}, w.rows, chunk(w.rows, w.nb, most), most, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> pad;
     for (int64_t r = r0; r < r1; ++r) dot_row(use, w, r, row_values(w, r, pad), xp, pitch, T, op + r * T);
   });
@@ -239,9 +262,10 @@ namespace {
 // Rows [r0, r1) of the dense matrix, row r written at dst + (r - r0) * cols elements (the values' dtype).
 void decompress_rows(Isa use, const Matrix& w, int64_t r0, int64_t r1, uint8_t* dst) {
   const int64_t size = elem_size(w.kind), row_bytes = w.cols * size;
-  at::parallel_for(r0, r1, grain(w.nb), [&](int64_t a, int64_t b) {
+  const int most = at::get_num_threads();
+  llmsparse::run_chunks(r1 - r0, chunk(r1 - r0, w.nb, most), most, [&](int64_t a0, int64_t b0) {
     std::vector<uint8_t> pad;
-    for (int64_t r = a; r < b; ++r) {
+    for (int64_t r = r0 + a0; r < r0 + b0; ++r) {
       uint8_t* row = dst + (r - r0) * row_bytes;
       if (use != kScalar) {
         const auto* v = static_cast<const uint8_t*>(row_values(w, r, pad));
@@ -289,9 +313,22 @@ torch::Tensor blocked_matmul(torch::Tensor x, torch::Tensor values, torch::Tenso
   return finish(y, x, bias);
 }
 
+// quant_linear.cpp
+torch::Tensor qrows_matmul(torch::Tensor x, torch::Tensor codes, int64_t bits, torch::Tensor mask, torch::Tensor row_offsets, int64_t cols,
+                           torch::Tensor scale, torch::Tensor zero, c10::optional<torch::Tensor> bias, int64_t isa);
+void qdecompress(torch::Tensor codes, int64_t bits, torch::Tensor mask, torch::Tensor row_offsets, torch::Tensor scale, torch::Tensor zero,
+                 torch::Tensor out, int64_t isa);
+torch::Tensor qblocked_matmul(torch::Tensor x, torch::Tensor codes, int64_t bits, torch::Tensor mask, torch::Tensor row_offsets, int64_t cols,
+                              torch::Tensor scale, torch::Tensor zero, c10::optional<torch::Tensor> bias, int64_t block, int64_t isa);
+void set_adaptive_threads(bool on);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rows_matmul", &rows_matmul, "y = x W^T, W stored [out, in] as mask + kept values");
   m.def("cols_matmul", &cols_matmul, "y = x W^T, W stored [in, out] as mask + kept values; zero inputs are skipped");
   m.def("decompress", &decompress, "the dense matrix of a mask + kept values layout, into out");
   m.def("blocked_matmul", &blocked_matmul, "y = x W^T, W stored [out, in], decompressed a block of rows at a time into a cached buffer for a dense GEMM");
+  m.def("qrows_matmul", &qrows_matmul, "y = x W^T, W as integer codes + group scales (sparse: mask + kept codes), dequantized in registers");
+  m.def("qdecompress", &qdecompress, "the dense matrix of a quantized layout, into out");
+  m.def("qblocked_matmul", &qblocked_matmul, "y = x W^T, W quantized, a block of rows at a time dequantized into a cached buffer for a dense GEMM");
+  m.def("set_adaptive_threads", &set_adaptive_threads, "choose one or all threads per call shape by timing (on), or always all (off)");
 }
