@@ -22,6 +22,7 @@ from .checkpoint.load import load_model
 from .checkpoint.recipe import load_recipe
 from .checkpoint.save import save_pruned
 from .checkpoint.stream import prune_checkpoint
+from .checkpoint.structured import save_structured
 from .core.layout import find_layers, select_targets
 from .core.masks import Pattern
 from .data.calibration import calibration_ids
@@ -49,7 +50,6 @@ from .pruning.report import PruneReport
 from .recovery import RecoverReport, RecoverSettings, recover
 from .runtime import SparseLinear
 from .structured import STRUCTURED, StructuredReport, prune_structured
-from .structured.save import save_structured
 from .version import __version__  # noqa: F401  (llmsparse.__version__)
 
 __all__ = [

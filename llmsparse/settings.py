@@ -259,13 +259,19 @@ def signature_default(f: dataclasses.Field) -> Any:
     return None if f.default is _MISSING and f.default_factory is not _MISSING else f.default
 
 
+def signature_annotation(f: dataclasses.Field) -> str:
+    """The annotation a function parameter shows for field ``f`` (``| None`` added where the parameter defaults to None)."""
+    optional = signature_default(f) is None and "None" not in str(f.type)
+    return f"{f.type} | None" if optional else str(f.type)
+
+
 def signature_source(cls: type) -> str:
     """The parameter lines of an :func:`api` function for ``cls``, as source (to paste after the function's own parameters;
     a ``*,`` among them makes the rest keyword-only)."""
     def shown(value: Any) -> str:
         return f'"{value}"' if isinstance(value, str) else repr(value)
 
-    return "\n".join(f"    {f.name}: {f.type} = {shown(signature_default(f))}," for f in dataclasses.fields(cls))
+    return "\n".join(f"    {f.name}: {signature_annotation(f)} = {shown(signature_default(f))}," for f in dataclasses.fields(cls))
 
 
 def signature_drift(fn: Callable, cls: type) -> list[str]:
@@ -279,8 +285,8 @@ def signature_drift(fn: Callable, cls: type) -> list[str]:
     for p, f in zip(params, fields):
         if p.default != signature_default(f):
             drift.append(f"{p.name}: default {p.default!r}, the settings say {signature_default(f)!r}")
-        if str(p.annotation) != str(f.type):
-            drift.append(f"{p.name}: annotation {p.annotation}, the settings say {f.type}")
+        if str(p.annotation) != signature_annotation(f):
+            drift.append(f"{p.name}: annotation {p.annotation}, the settings say {signature_annotation(f)}")
     return drift
 
 

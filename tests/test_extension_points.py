@@ -135,6 +135,8 @@ def test_api_defaults_recipe_keys_and_flags_come_from_the_settings_dataclasses(c
         (llmsparse.sparsify_activations, llmsparse.SparsifySettings),
         (llmsparse.prune_checkpoint, StreamSettings),
         (llmsparse.load_model, LoadSettings),
+        (llmsparse.prune_structured, llmsparse.structured.StructuredSettings),
+        (llmsparse.recover, llmsparse.RecoverSettings),
     )
     for function, cls in entry_points:
         # the parameters IDEs see end with the settings' fields: names, order, defaults and annotations
@@ -206,8 +208,9 @@ def test_method_options_are_settings_fields_with_help_and_range_checks():
     from llmsparse.methods import METHODS
     from llmsparse.registry import config_fields
     from llmsparse.settings import Settings
+    from llmsparse.structured import STRUCTURED
 
-    for registry in (METHODS, ACTIVATION_METHODS):
+    for registry in (METHODS, ACTIVATION_METHODS, STRUCTURED):
         for name, cls in registry.items():
             assert issubclass(cls.Config, Settings), name
             for f in config_fields(cls):

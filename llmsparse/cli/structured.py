@@ -4,7 +4,7 @@
 takes its settings from :class:`~llmsparse.structured.StructuredSettings` (same flag names:
 ``--sparsity``, ``--calib``, ``--nsamples``, ``--seqlen``, ``--seed``, ``--device``, plus
 ``--<method>-<option>``), refuses the flags of unstructured pruning, and saves with
-:func:`~llmsparse.structured.save.save_structured`. Unstructured or N:M pruning and quantization
+:func:`~llmsparse.checkpoint.structured.save_structured`. Unstructured or N:M pruning and quantization
 compose by a second ``llmsparse prune`` on the output.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint.structured import save_structured
 from ..errors import RecipeError, SettingsError
 from ..evaluation.ppl import perplexity
 from ..pruning.api import PruneSettings
 from ..settings import check_values
 from ..structured import STRUCTURED, StructuredSettings, prune_structured
-from ..structured.save import save_structured
 from ..structured.surgery import removed_attention_names
 from . import finish as tail
 from . import flags

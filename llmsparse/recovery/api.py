@@ -119,7 +119,36 @@ def run_args(s: RecoverSettings, ids: torch.Tensor) -> dict:
 
 
 @api(RecoverSettings)
-def recover(model: nn.Module, tokenizer=None, s: RecoverSettings = None) -> RecoverReport:
+def recover(
+    model: nn.Module,
+    tokenizer=None,
+    *,
+    data: str | os.PathLike | None = None,
+    text_field: str = "text",
+    train: list[str] | None = None,
+    lora_rank: int = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.0,
+    lora_targets: list[str] | None = None,
+    lr: float = 0.0002,
+    weight_decay: float = 0.0,
+    steps: int = 200,
+    tokens: int | None = None,
+    batch_size: int = 4,
+    micro_batch: int = 1,
+    seqlen: int = 512,
+    warmup: int = 10,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    val_windows: int = 8,
+    val_every: int = 25,
+    patience: int = 2,
+    max_minutes: float | None = None,
+    gradient_checkpointing: bool = False,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    state_dir: str | os.PathLike | None = None,
+) -> RecoverReport:
     """Retrain ``model``'s chosen groups in place (PERP) and merge: pruned weights stay exactly zero.
 
     Returns a :class:`RecoverReport`. ``train`` picks groups from ``norms``, ``biases`` and ``lora``
@@ -128,6 +157,7 @@ def recover(model: nn.Module, tokenizer=None, s: RecoverSettings = None) -> Reco
     early stop after ``patience`` validations without a new best, and the best step's parameters
     (step 0, the model as given, included) are what is kept. The frozen base keeps its dtype.
     """
+    s = RecoverSettings.of(locals())
     check_request(s)
     try:
         from . import masklora, params, train

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..core.layout import resolve_device
 from ..data.calibration import calib_setting, calibration_batch, nsamples_setting, seed_setting, seqlen_setting, text_field_setting
@@ -52,8 +53,23 @@ def _removed_attention_params(found, removed: list[int]) -> int:
 
 
 @api(StructuredSettings)
-def prune_structured(model, tokenizer, s: StructuredSettings = None) -> StructuredReport:
-    """Prune ``model`` in place with the structured method ``s.method``; the report has the exact parameter accounting."""
+def prune_structured(
+    model: nn.Module,
+    tokenizer=None,
+    method: str = "2ssp",
+    sparsity: float = 0.25,
+    *,
+    calib: str | os.PathLike | torch.Tensor | None = None,
+    nsamples: int = 32,
+    seqlen: int = 2048,
+    seed: int = 0,
+    text_field: str = "text",
+    width_multiple: int = 1,
+    method_options: dict | None = None,
+    device: str | torch.device | None = None,
+) -> StructuredReport:
+    """Prune ``model`` in place with the structured method ``method``; the report has the exact parameter accounting."""
+    s = StructuredSettings.of(locals())
     method = STRUCTURED.create(s.method, **(s.method_options or {}))
     _, found = blocks(model)
     shape = Shape.of(found)

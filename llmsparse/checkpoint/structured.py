@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint.outdir import METADATA_FILE, claim, publish, staging
-from ..checkpoint.save import versions
-from .base import StructuredReport
+from ..structured.base import StructuredReport
+from .outdir import claim, publish, staging
+from .ownership import METADATA_FILE, follow_umask, output_files
+from .save import versions, write_errors
 
 REPORT_FILE = "structured_report.json"
 RECIPE_FILE = "recipe.yaml"
@@ -66,7 +67,7 @@ def save_structured(
 ) -> Path:
     """Write the pruned model, tokenizer, report, recipe, card and ``llmsparse.json`` into ``output_dir`` (all or nothing)."""
     inputs = [*inputs, getattr(model, "name_or_path", None) or None]
-    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp:
+    with claim(output_dir, overwrite, inputs) as out, staging(out) as tmp, write_errors(out):
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -75,6 +76,8 @@ def save_structured(
             (tmp / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
         (tmp / CARD_FILE).write_text(model_card(report, recipe, base_model), encoding="utf-8")
         metadata = {"format": "dense", "base_model": base_model, "versions": versions(), "structured": report.to_dict(), "recipe": recipe, "recipe_kind": "prune"}
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        metadata["files"] = [*output_files(tmp), METADATA_FILE]  # what --overwrite may replace later
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")  # last: marks a complete output
+        follow_umask(tmp)
         publish(tmp, out, overwrite, inputs)
     return Path(output_dir)
