@@ -41,7 +41,7 @@ def keep_top(norms: list[torch.Tensor], remove: int) -> list[torch.Tensor]:
 
 
 def width_stage(model: nn.Module, found: list[Block], ids: torch.Tensor, remove: int) -> dict[str, Any]:
-    """Stage 1: drop ``remove`` neurons per block by activation norm; returns the norms' summary."""
+    """Stage 1: drop ``remove`` neurons per block by activation norm; returns the count for the report."""
     if remove == 0:
         return {"neurons_removed_per_block": 0}
     norms = ffn_norms(model, found, ids)
