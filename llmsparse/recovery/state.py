@@ -3,7 +3,7 @@
 Same guarantees as a streamed prune (:mod:`llmsparse.checkpoint.resume`): the state lives in a
 directory of its own (the CLI uses ``.NAME.partial`` beside the output), it records the run's
 arguments and refuses a resume with other ones, refuses to start over it without ``resume``,
-and ``state.pt`` is written under a temporary name and renamed into place, so it is always
+and ``state.pt`` (read with ``weights_only=True``: tensors and plain values, never pickled code) is written under a temporary name and renamed into place, so it is always
 complete. It holds the trained tensors, the best ones so far, the optimizer, the step, the
 loss history and torch's RNG state; a resumed run therefore takes the same steps as an
 uninterrupted one. The directory is removed once the output is published.
@@ -30,7 +30,7 @@ class RunState:
         self.dir = Path(directory)
         self.args = args
         path = self.dir / STATE_FILE
-        self.saved: dict[str, Any] | None = torch.load(path, weights_only=False) if path.is_file() else None
+        self.saved: dict[str, Any] | None = torch.load(path, weights_only=True) if path.is_file() else None
         if self.saved is not None:
             if self.saved["args"] != args:
                 theirs = self.saved["args"]
