@@ -8,9 +8,9 @@ from conftest import VALID, tiny_model
 
 import llmsparse
 from llmsparse.errors import CalibrationDataError, ResumeError, SettingsError
-from llmsparse.recovery import masklora, params
 
 pytest.importorskip("peft")
+from llmsparse.recovery import masklora, params  # noqa: E402  (needs peft)
 
 FAST = dict(data=str(VALID), steps=6, batch_size=2, seqlen=32, val_every=3, val_windows=2, warmup=1, lr=1e-2, lora_rank=4, device="cpu")
 
