@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -175,15 +176,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same clean-up runs (staging directory, lock, partial state)."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _terminator(pid: int) -> Callable:
+    """The SIGTERM handler of process ``pid``: raise :class:`Terminated` there. A forked child (lm-eval's bootstrap
+    pool, whose ``terminate()`` sends SIGTERM to its workers) inherits the handler and must die as SIGTERM means."""
+
+    def handler(signum, frame) -> None:
+        if os.getpid() != pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise Terminated()
+
+    return handler
 
 
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command``; an :class:`~llmsparse.errors.LlmsparseError` becomes one line on stderr and exit code 2,
     Ctrl-C one line and exit code 130, SIGTERM one line and exit code 143 (the run's temporary files are removed
     on the way out in both cases)."""
-    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    previous = signal.signal(signal.SIGTERM, _terminator(os.getpid())) if threading.current_thread() is threading.main_thread() else None
     try:
         return command(args)
     except LlmsparseError as err:
