@@ -237,8 +237,11 @@ class Settings:
 
     @classmethod
     def of(cls, values: Mapping[str, Any]):
-        """Settings from a mapping that holds every field (an :func:`api` function's ``locals()``); other keys are ignored."""
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+        """Settings from a mapping that holds every field (an :func:`api` function's ``locals()``); other keys are ignored.
+
+        None for a field with a list/dict default (what the function's parameter shows) means that default."""
+        fields = dataclasses.fields(cls)
+        return cls(**{f.name: default_of(f) if values[f.name] is None and f.default_factory is not _MISSING else values[f.name] for f in fields})
 
     def recipe(self) -> dict[str, Any]:
         """The recipe keys and their values (for ``recipe.yaml``)."""

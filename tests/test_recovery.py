@@ -121,7 +121,7 @@ def test_resume_equals_uninterrupted(tokenizer, tmp_path, monkeypatch):
 
     def save_then_die(self, state):
         real_save(self, state)
-        if state["fit"].steps == 3:
+        if state["fit"]["steps"] == 3:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train.RunState, "save", save_then_die)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
         saved = state.saved
         restore(trainable, saved["current"])
         optimizer.load_state_dict(saved["optimizer"])
-        fit, best, bad = saved["fit"], saved["best"], saved["bad"]
+        fit, best, bad = Fit(**saved["fit"]), saved["best"], saved["bad"]
         torch.set_rng_state(saved["rng"])
     else:
         fit.val_loss.append((0, validation_loss(model, val_ids, s.seqlen, s.val_windows, device)))
@@ -138,7 +138,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
                 bar.write(f"step {step}: train loss {loss:.4f}, validation loss {val:.4f}{' (best)' if bad == 0 else ''}")
                 fit.stopped_early = bad >= s.patience or out_of_time
                 if state is not None:
-                    state.save({"current": snapshot(trainable), "optimizer": optimizer.state_dict(), "fit": fit, "best": best, "bad": bad, "rng": torch.get_rng_state()})
+                    state.save({"current": snapshot(trainable), "optimizer": optimizer.state_dict(), "fit": asdict(fit), "best": best, "bad": bad, "rng": torch.get_rng_state()})
     finally:
         bar.close()
         if s.gradient_checkpointing:
