@@ -56,11 +56,14 @@ def check_source(source: str) -> None:
         raise ModelError(f"model path {source!r} does not exist")
 
 
-def check_quantizer(config, source: str) -> None:
+def check_quantizer(config, source: str, runtime: str = "dense") -> None:
     """Refuse a checkpoint stored quantized by compressed-tensors (``--format pack-quantized``) when that package is missing,
-    saying which one to install (transformers' own error is an ``ImportError`` deep in the load)."""
+    saying which one to install (transformers' own error is an ``ImportError`` deep in the load). A local one loaded with
+    ``runtime`` sparse or auto needs no package: the runtime reads its codes itself."""
     import importlib.util
 
+    if runtime != "dense":
+        return
     quant = getattr(config, "quantization_config", None)
     quant = quant if isinstance(quant, dict) else getattr(quant, "__dict__", {})
     if quant.get("quant_method") == "compressed-tensors" and quant.get("config_groups") and importlib.util.find_spec("compressed_tensors") is None:
@@ -138,7 +141,7 @@ def load_model(
         raise ModelError(f"cannot load a model config from {source!r}: {err}") from err
     except (KeyError, ValueError) as err:
         raise ModelError(f"unsupported or unknown model architecture in {source!r}: {err}") from err
-    check_quantizer(config, source)
+    check_quantizer(config, source, s.runtime if local else "dense")
     saved_in = bnb.quantized_in(config)
     if saved_in:  # saved quantized (llmsparse sparsify --load-in): transformers re-creates the bitsandbytes layers
         bnb.require()

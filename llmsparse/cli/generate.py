@@ -23,7 +23,7 @@ def add(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = GenerateSettings(**flags.given(GenerateSettings, args))
-    directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
+    directory = preflight.model_dir(args.model, bool(args.trust_remote_code), getattr(args, "runtime", None))
     if directory is not None:
         preflight.check_length(directory, settings.max_new_tokens, bool(args.trust_remote_code), "max_new_tokens", SettingsError)
     model, tokenizer = flags.load(args)

@@ -26,7 +26,7 @@ from ..pruning.api import grid as quantization_grid
 TOKENIZER_GLOBS = ("tokenizer*", "*.model", "vocab*", "*.tiktoken", "merges.txt")
 
 
-def model_dir(source: str, trust_remote_code: bool = False) -> Path | None:
+def model_dir(source: str, trust_remote_code: bool = False, runtime: str | None = None) -> Path | None:
     """The checked local model directory named by ``source`` (config, weights, tokenizer), or None for a Hub id, a GGUF file or the alias."""
     from safetensors import SafetensorError, safe_open
 
@@ -36,7 +36,7 @@ def model_dir(source: str, trust_remote_code: bool = False) -> Path | None:
         return None
     if not (directory / "config.json").is_file():
         raise ModelError(f"model directory {source!r} has no config.json")
-    check_quantizer(_config(directory, trust_remote_code), source)
+    check_quantizer(_config(directory, trust_remote_code), source, runtime or "dense")
     if not any(any(directory.glob(pattern)) for pattern in TOKENIZER_GLOBS):
         raise ModelError(f"model directory {source!r} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json...); copy the base model's tokenizer files into it")
     _tokenizer_json(directory)

@@ -50,6 +50,8 @@ def _recipe(path: str | None) -> dict:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise RecipeError(f"recipe {path}: cannot read it ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {path} is nested too deeply to be a recipe") from None
     return data if isinstance(data, dict) else {}
 
 
