@@ -21,6 +21,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
 SPLIT = Path(__file__).resolve().parents[1] / "out" / "validation_split"
+TASKS = Path(__file__).resolve().parents[1] / "out" / "cloze_tasks"
 
 
 def validation_split(fraction: float = 0.75) -> tuple[Path, Path]:
@@ -34,6 +35,19 @@ def validation_split(fraction: float = 0.75) -> tuple[Path, Path]:
         calib.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
         held.write_text("\n".join(lines[cut:]) + "\n", encoding="utf-8")
     return calib, held
+
+
+def cloze(model, tok) -> dict:
+    """Accuracy on the offline cloze tasks ``wt2_cloze`` and ``wt2_cloze_mc`` (docs/EVALUATION.md: 100 passages of
+    <= 80 words of wiki.test.raw), built once by eval/build_tasks.py."""
+    import llmsparse
+
+    if not any(TASKS.glob("**/*.yaml")):
+        build = Path(__file__).resolve().parents[1] / "eval" / "build_tasks.py"
+        subprocess.run([sys.executable, str(build), str(DATA / "wiki.test.raw"), "--name", "wt2", "--out", str(TASKS),
+                        "--examples", "100", "--max-words", "80", "--ppl-chars", "20000"], check=True, capture_output=True)
+    res = llmsparse.evaluate(model, tok, ["wt2_cloze", "wt2_cloze_mc"], include_path=str(TASKS), max_length=1024, batch_size=8, device="cpu")
+    return {f"{t}/{m}": v for t, ms in res.metrics.items() for m, v in ms.items() if m in ("acc", "acc_norm")}
 
 
 def machine_header() -> str:

@@ -170,6 +170,7 @@ def table(results: list[dict], layers: int) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()  # a context, not set_grad_enabled(False): tests call main() in their own process
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4)
@@ -193,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_7b.py: error: --device {args.device} {problem}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
-    torch.set_grad_enabled(False)
     model, ids = build(args, device)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     results = []

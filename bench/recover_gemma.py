@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA, machine_header  # noqa: E402
+from _gemma import DATA, cloze, machine_header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {  # prune() arguments of each starting point
@@ -32,6 +32,7 @@ ROWS = {  # prune() arguments of each starting point
     "best-50": "recipes/best-50.yaml",
     "sparsegpt-2of4": {"method": "sparsegpt", "pattern": "2:4"},
     "sparsegpt-70": {"method": "sparsegpt", "sparsity": 0.7},
+    "dense": None,  # the unpruned model, same training: how much of a row's gain is adapting to the training text's domain
 }
 
 
@@ -47,33 +48,55 @@ def child(spec: dict) -> dict:
     prune = ROWS[spec["row"]]
     if isinstance(prune, str):
         prune = llmsparse.load_recipe(ROOT / prune)
-    prune = {"calib": str(DATA / "wiki.valid.tokens"), "nsamples": 32, "seqlen": 512, "seed": 0, **prune}
     started = time.perf_counter()
-    llmsparse.prune(model, tok, device="cpu", compute_dtype="float32", **prune)
+    if prune is not None:
+        prune = {"calib": str(DATA / "wiki.valid.tokens"), "nsamples": 32, "seqlen": 512, "seed": 0, **prune}
+        llmsparse.prune(model, tok, device="cpu", compute_dtype="float32", **prune)
     prune_s = time.perf_counter() - started
     test = str(DATA / "wiki.test.raw")
     before = llmsparse.perplexity(model, tok, test, seqlen=1024, windows=8).ppl
+    tasks_before = cloze(model, tok) if spec.get("tasks") else None
+    whole_peak = peak_rss()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM restarts from the current RSS, so the next peak is recovery's own
     report = llmsparse.recover(model, tok, data=str(DATA / "wiki.valid.tokens"), device="cpu", **spec["recover"])
+    recover_peak = peak_rss()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     after = llmsparse.perplexity(model, tok, test, seqlen=1024, windows=8).ppl
+    tasks = {"tasks_before": tasks_before, "tasks_after": cloze(model, tok)} if spec.get("tasks") else {}
     return {
-        "row": spec["row"], "prune": {k: v for k, v in prune.items() if k != "calib"}, "prune_s": prune_s,
+        "row": spec["row"], "prune": prune and {k: v for k, v in prune.items() if k != "calib"}, "prune_s": prune_s,
         "ppl_before": before, "ppl_after": after, "recover": spec["recover"], "trainable": report.trainable,
         "share": report.share, "steps": report.steps, "best_step": report.best_step, "stopped_early": report.stopped_early,
-        "tokens": report.tokens, "recover_s": report.seconds, "peak_rss_gib": peak_rss() / 2**30,
+        "tokens": report.tokens, "recover_s": report.seconds, "peak_rss_gib": max(whole_peak, peak_rss()) / 2**30,
+        "recover_peak_gib": recover_peak / 2**30, "model_gib": model_bytes / 2**30,
         "zeros_before": report.zeros_before, "zeros_after": report.zeros_after,
         "val_loss": report.val_loss, "train_loss": report.train_loss,
-    }
+    } | tasks
+
+
+def recover_peak(r: dict) -> str:
+    """Recovery's own peak RSS and its ratio to the model's bytes (rows run before it was measured: not measured)."""
+    if "recover_peak_gib" not in r:
+        return "not measured"
+    return f"{r['recover_peak_gib']:.2f} GiB ({r['recover_peak_gib'] / r['model_gib']:.2f}x)"
+
+
+def accuracies(r: dict) -> str:
+    if not r.get("tasks_after"):
+        return "-"
+    b, a = r["tasks_before"], r["tasks_after"]
+    return f"{b['wt2_cloze/acc']:.2f} / {b['wt2_cloze_mc/acc']:.2f} -> {a['wt2_cloze/acc']:.2f} / {a['wt2_cloze_mc/acc']:.2f}"
 
 
 def table(rows: dict) -> str:
     lines = [
-        "| start | ppl before | ppl after | trainable | steps (kept) | tokens | recovery wall | peak RSS | zeros kept |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| start | ppl before | ppl after | cloze / cloze-mc acc before -> after | trainable | steps (kept) | tokens | recovery wall | peak RSS in recovery (x model bytes) | peak RSS of the row | zeros kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
         lines.append(
-            f"| {r['row']} | {r['ppl_before']:.2f} | **{r['ppl_after']:.2f}** | {r['trainable']:,} ({r['share']:.2%}) | "
-            f"{r['steps']} ({r['best_step']}) | {r['tokens']:,} | {r['recover_s'] / 60:.1f} min | {r['peak_rss_gib']:.2f} GiB | "
+            f"| {r['row']} | {r['ppl_before']:.2f} | **{r['ppl_after']:.2f}** | {accuracies(r)} | {r['trainable']:,} ({r['share']:.2%}) | "
+            f"{r['steps']} ({r['best_step']}) | {r['tokens']:,} | {r['recover_s'] / 60:.1f} min | {recover_peak(r)} | {r['peak_rss_gib']:.2f} GiB | "
             f"{'yes' if r['zeros_after'] == r['zeros_before'] else 'NO'} ({r['zeros_after']:,}) |"
         )
     return "\n".join(lines)
@@ -111,6 +134,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=8)
     parser.add_argument("--max-minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tasks", action="store_true", help="also the offline cloze tasks before and after recovery (minutes per row)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -132,7 +156,7 @@ def main() -> None:
             if row in rows and not args.redo:
                 print(f"{row}: already in {path} (--redo to run again)")
                 continue
-            spec = {"row": row, "recover": recover, "threads": args.threads}
+            spec = {"row": row, "recover": recover, "threads": args.threads, "tasks": args.tasks}
             done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True, stdout=subprocess.PIPE, text=True)
             rows[row] = json.loads(done.stdout.strip().splitlines()[-1]) | {"machine": machine_header()}
             path.write_text(json.dumps(rows, indent=1) + "\n")  # after every row: an interrupted bench keeps what it finished

@@ -21,6 +21,7 @@ reads, and sparsity does not touch it), r the compressed/dense bytes of the prun
     python bench/runtime_gemma.py quant [--repeats 30] [--batches 1,4] [--busy]   (bench/_runtime_quant.py)
     python bench/runtime_gemma.py widths [--repeats 30]
     python bench/runtime_gemma.py e2e [--sparsities 0.5,0.7] [--windows 8]
+    python bench/runtime_gemma.py e2e-quant [--busy]   (bench/_runtime_quant.py: dense/sparse int4 end to end)
 """
 
 from __future__ import annotations
@@ -129,7 +130,10 @@ def widths(repeats: int) -> None:
         layer = sparse_layer(w, "50%")
         m = median_times({"sparse": call(layer, x), "dense": call(F.linear, x, w)}, repeats)
         kept = 2048 * cols / 2
-        print(f"| {cols} | {m['sparse'] * 1e6:.0f} | {m['sparse'] / kept * 1e9:.3f} | {m['dense'] * 1e6:.0f} | {m['dense'] / (2 * kept) * 1e9:.3f} | {m['dense'] / m['sparse']:.2f}x |", flush=True)
+        print(
+            f"| {cols} | {m['sparse'] * 1e6:.0f} | {m['sparse'] / kept * 1e9:.3f} | {m['dense'] * 1e6:.0f} | {m['dense'] / (2 * kept) * 1e9:.3f} | {m['dense'] / m['sparse']:.2f}x |",
+            flush=True,
+        )
 
 
 def rss_bytes() -> int:
@@ -160,13 +164,16 @@ def child(spec: dict) -> dict:
     import llmsparse
     from llmsparse.activation.decode import timed_generate
     from llmsparse.core.memory import peak_rss
+    from llmsparse.runtime import sparse_layers
 
     before = rss_bytes()
     start = time.perf_counter()
-    model, tok = llmsparse.load_model(spec["dir"], runtime=spec["runtime"])
+    model, tok = llmsparse.load_model(spec["dir"], runtime=spec["runtime"], dtype=spec.get("dtype", "auto"))
     load_s = time.perf_counter() - start
     gc.collect()
+    layers = sparse_layers(model).values()
     result = {
+        "bits_per_weight": 8 * sum(m.nbytes for m in layers) / max(sum(m.in_features * m.out_features for m in layers), 1),
         "load_s": load_s,
         "rss_after_load": rss_bytes(),
         "rss_before_load": before,
@@ -178,8 +185,12 @@ def child(spec: dict) -> dict:
     out = model.generate(ids, max_new_tokens=spec["tokens"], do_sample=False)
     result["tokens"] = out[0, ids.shape[1] :].tolist()
     result["text"] = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    if not spec.get("ppl", True):  # a busy-machine run times decoding only
+        return result
     result["ppl"] = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=spec["windows"]).ppl
-    if spec["runtime"] == "dense":  # the top-2 logit gap at every greedy step, to judge a divergence
+    if (
+        spec["runtime"] == "dense" and spec.get("dtype", "auto") != "bfloat16"
+    ):  # the top-2 logit gap at every greedy step, to judge a divergence
         logits = model(out).logits[0, ids.shape[1] - 1 : -1].float()
         top = logits.topk(2, dim=-1).values
         result["margins"] = (top[:, 0] - top[:, 1]).tolist()
@@ -194,7 +205,14 @@ def prune_once(sparsity: float, workdir: Path) -> Path:
 
     model, tok = llmsparse.load_model("gemma-3-270m")
     report = llmsparse.prune(
-        model, tok, method="wanda", sparsity=sparsity, calib=str(DATA / "wiki.valid.tokens"), nsamples=16, seqlen=512, device="cpu",
+        model,
+        tok,
+        method="wanda",
+        sparsity=sparsity,
+        calib=str(DATA / "wiki.valid.tokens"),
+        nsamples=16,
+        seqlen=512,
+        device="cpu",
         compute_dtype="float32",
     )
     return llmsparse.save_pruned(model, tok, out, report=report, format="bitmask", overwrite=True)
@@ -237,13 +255,13 @@ def e2e(sparsities: list[float], windows: int, tokens: int, workdir: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["matmul", "quant", "widths", "e2e", "child"])
+    parser.add_argument("part", choices=["matmul", "quant", "widths", "e2e", "e2e-quant", "child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batches", default="1,9,128", help="matmul: tokens per call (the Gemma shapes run at batch 1 only)")
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--busy", action="store_true", help="quant: run while another process does a dense matmul loop")
+    parser.add_argument("--busy", action="store_true", help="quant, e2e-quant: run while another process does a dense matmul loop")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument(
         "--workdir", default=str(Path(os.environ.get("LLMSPARSE_CACHE", Path.home() / ".cache" / "llmsparse")) / "bench-runtime")
@@ -256,7 +274,17 @@ def main() -> None:
     elif args.part == "quant":
         from _runtime_quant import table
 
-        table(args.repeats, [int(b) for b in args.batches.split(",")], args.busy, median_times, f"{machine_header()}; load average {load_average()}")
+        table(
+            args.repeats,
+            [int(b) for b in args.batches.split(",")],
+            args.busy,
+            median_times,
+            f"{machine_header()}; load average {load_average()}",
+        )
+    elif args.part == "e2e-quant":
+        from _runtime_quant import e2e as quant_e2e
+
+        quant_e2e(args.windows, args.tokens, Path(args.workdir), args.busy, f"{machine_header()}; load average {load_average()}")
     elif args.part == "widths":
         widths(args.repeats)
     else:

@@ -18,18 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA, machine_header, run_isolated  # noqa: E402
+from _gemma import DATA, cloze, machine_header, run_isolated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-TASKS = ROOT / "out" / "structured_tasks"
 SPARSITIES = (0.25, 0.375, 0.5)
 STRUCTURED = ("2ssp", "shortgpt", "width")
 UNSTRUCTURED = (("wanda", 0.25), ("wanda", 0.375), ("wanda", 0.5), ("sparsegpt", 0.5))
@@ -86,17 +84,6 @@ def prefill_flops(config, removed_attention: int, count_removed: bool) -> float:
     return per_token * tokens + 2 * h * config.vocab_size
 
 
-def tasks(model, tok) -> dict:
-    """The offline cloze tasks (accuracy), built once from wiki.test.raw."""
-    import llmsparse
-
-    if not (TASKS / "wt2_cloze.yaml").exists() and not any(TASKS.glob("**/*.yaml")):
-        subprocess.run([sys.executable, str(ROOT / "eval" / "build_tasks.py"), str(DATA / "wiki.test.raw"), "--name", "wt2", "--out", str(TASKS),
-                        "--examples", "100", "--max-words", "80", "--ppl-chars", "20000"], check=True, capture_output=True)
-    res = llmsparse.evaluate(model, tok, ["wt2_cloze", "wt2_cloze_mc"], include_path=str(TASKS), max_length=1024, batch_size=8, device="cpu")
-    return {f"{t}/{m}": v for t, ms in res.metrics.items() for m, v in ms.items() if m in ("acc", "acc_norm")}
-
-
 def child(spec: dict) -> dict:
     import torch
     import transformers
@@ -128,7 +115,7 @@ def child(spec: dict) -> dict:
     model.to(device)
     out["ppl"] = llmsparse.perplexity(model, tok, str(DATA / "wiki.test.raw"), seqlen=1024, windows=8).ppl
     if spec.get("tasks"):
-        out["tasks"] = tasks(model.to("cpu"), tok)
+        out["tasks"] = cloze(model.to("cpu"), tok)
     if spec["kind"] != "unstructured" and not spec.get("ppl_only"):  # speed of the saved checkpoint under stock transformers
         with tempfile.TemporaryDirectory() as tmp:
             model.to("cpu").save_pretrained(tmp)

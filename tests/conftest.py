@@ -148,3 +148,12 @@ def float32_forwards_by_default(request, monkeypatch):
         from llmsparse.core import cpu
 
         monkeypatch.setattr(cpu, "native_bf16", lambda device: False)
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_left_on():
+    """A test (or the library under it) that leaves autograd switched off breaks every later training test far away."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left torch's grad mode disabled")

@@ -197,6 +197,51 @@ def test_cli_recover_saves_a_normal_output(pruned_dir, tmp_path, capsys):
     assert not (tmp_path / ".recovered.partial").exists()
 
 
+def test_prune_then_recover_in_one_run(model_dir, tmp_path, capsys):
+    """``llmsparse prune ... --recover RECIPE``: pruned, retrained and saved once; its recipe repeats both steps."""
+    import json
+
+    import yaml
+
+    from llmsparse.cli import main
+
+    recipe = tmp_path / "perp.yaml"
+    recipe.write_text(yaml.safe_dump({"data": str(VALID), "train": ["norms", "lora"], "steps": 4, "batch_size": 2, "seqlen": 32,
+                                      "val_every": 2, "val_windows": 2, "lora_rank": 4, "lr": 0.01}))
+    out = tmp_path / "pruned-recovered"
+    assert main(["-q", "prune", str(model_dir), "--method", "magnitude", "--sparsity", "0.5", "--recover", str(recipe), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "recovery: trained norms,lora" in printed
+    report = json.loads((out / "recovery_report.json").read_text())
+    assert report["zeros_after"] == report["zeros_before"] > 0 and report["steps"] == 4
+    assert json.loads((out / "sparsity_report.json").read_text())["global_sparsity"] == pytest.approx(0.5, abs=0.01)
+    saved = llmsparse.load_recipe(out / "recipe.yaml")
+    assert saved["recover"] == str(recipe) and saved["method"] == "magnitude"
+    card = (out / "README.md").read_text()
+    assert "Recovery (PERP)" in card and "magnitude" in card
+    model, _ = llmsparse.load_model(str(out))
+    zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if "layers" in n and p.dim() == 2)
+    assert zeros == report["zeros_after"]
+
+
+@pytest.mark.parametrize("extra, message", [(["--stream"], "--recover trains the whole model"), (["--eval-ppl", str(VALID)], "same file")])
+def test_prune_then_recover_refusals_write_nothing(model_dir, tmp_path, capsys, extra, message):
+    import yaml
+
+    from llmsparse.cli import main
+
+    recipe = tmp_path / "perp.yaml"
+    recipe.write_text(yaml.safe_dump({"data": str(VALID), "steps": 4}))
+    out = tmp_path / "refused"
+    try:
+        code = main(["-q", "prune", str(model_dir), "--method", "magnitude", "--sparsity", "0.5", "--recover", str(recipe), "--output", str(out), *extra])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -230,3 +275,55 @@ def test_cli_help_lists_every_setting(capsys):
     text = capsys.readouterr().out
     for flag in ("--train", "--lora-rank", "--lora-targets", "--steps", "--tokens", "--warmup", "--val-every", "--resume", "--format", "--eval-ppl"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "phi3", "gpt2", "opt"])
+def test_chunked_loss_equals_the_models_own_loss_and_gradient(arch, monkeypatch):
+    """Head + cross-entropy over token chunks: the model's own loss and the same gradient in every parameter.
+
+    A float64 model: both losses take float32 logits (transformers upcasts, or here downcasts, them), so they agree to float32 rounding."""
+    from llmsparse.recovery import loss
+
+    model = tiny_model(arch).double()
+    monkeypatch.setattr(loss, "CHUNK_BYTES", 4 * 320 * 7)  # 7 tokens per chunk: several chunks, a ragged last one
+    x = torch.randint(2, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    own = model(input_ids=x, labels=x, use_cache=False).loss
+    assert loss.mean_loss(model, x) == pytest.approx(own.item(), rel=1e-6)
+    own.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    assert loss.backward(model, x, scale=0.5) == pytest.approx(0.5 * own.item(), rel=1e-6)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for n in expected:
+        torch.testing.assert_close(got[n], 0.5 * expected[n], rtol=1e-5, atol=1e-7)
+    if arch == "gemma2":
+        assert model.config.final_logit_softcapping  # the soft-capped head is covered
+
+
+def test_a_head_the_chunked_loss_does_not_know_is_refused():
+    from llmsparse.errors import ModelError
+    from llmsparse.recovery import loss
+
+    model = tiny_model("llama")
+    model.config.logit_scale = 2.0  # a head that scales its logits, as some architectures do
+    original = type(model).forward
+
+    def scaled(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.loss = out.loss * 2
+        return out
+
+    model.forward = scaled.__get__(model)
+    with pytest.raises(ModelError, match="chunked loss"):
+        loss.check_matches(model, torch.randint(2, 320, (1, 16)))
+
+
+def test_shipped_recover_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes" / "recover").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        settings = llmsparse.RecoverSettings(**llmsparse.load_recipe(path, "recover"))
+        assert settings.data and settings.train

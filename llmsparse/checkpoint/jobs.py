@@ -2,8 +2,8 @@
 
 :func:`llmsparse.prune` takes :class:`~llmsparse.pruning.api.PruneSettings`; pruning a checkpoint on
 disk (:func:`llmsparse.checkpoint.stream.prune_checkpoint`) can also resume (:class:`StreamSettings`);
-a prune job from the command line or a recipe also says whether to stream (:class:`PruneJob`, the
-``prune`` recipe kind). Each entry point's parameters are exactly the settings it accepts.
+a prune job from the command line or a recipe also says whether to stream and whether to retrain
+after pruning (:class:`PruneJob`, the ``prune`` recipe kind). Each entry point's parameters are exactly the settings it accepts.
 """
 
 from __future__ import annotations
@@ -31,11 +31,19 @@ class PruneJob(StreamSettings):
         "(for models bigger than memory; Python: prune_checkpoint)",
     )
 
+    recover: str | None = setting(
+        None,
+        "then retrain (llmsparse recover) with this recover recipe before saving, in the same run; pruned weights stay zero "
+        "(Python: recover(model, tok, **load_recipe(RECIPE, 'recover')) after prune)",
+        metavar="RECIPE",
+    )
+
     def recipe(self) -> dict:
-        """The recipe keys; ``stream`` only when set, so ``llmsparse.prune(model, tok, **load_recipe(path))`` runs an in-memory recipe."""
+        """The recipe keys; ``stream`` and ``recover`` only when set, so ``llmsparse.prune(model, tok, **load_recipe(path))`` runs an in-memory recipe."""
         recipe = super().recipe()
-        if not recipe["stream"]:
-            del recipe["stream"]
+        for key in ("stream", "recover"):
+            if not recipe[key]:
+                del recipe[key]
         return recipe
 
     def pruning(self) -> PruneSettings:

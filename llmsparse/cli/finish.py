@@ -87,15 +87,18 @@ def check_output(args: argparse.Namespace, pattern: Pattern | None = None, quant
     return out
 
 
-def run_inputs(args: argparse.Namespace, settings: Settings) -> list[str]:
-    """The files and directories a run reads (model, calibration or training text, recipe, evaluation text): the output may not hold them."""
-    found = [args.model, getattr(settings, "calib", None), getattr(settings, "data", None), getattr(args, "recipe", None), getattr(args, "eval_ppl", None)]
+def run_inputs(args: argparse.Namespace, *settings: Settings | None) -> list[str]:
+    """The files and directories a run reads (model, calibration or training text, recipes, evaluation text): the output may not hold them."""
+    found = [args.model, getattr(args, "recipe", None), getattr(args, "eval_ppl", None)]
+    found += [getattr(s, key, None) for s in settings for key in ("calib", "data", "recover")]
     return [str(x) for x in found if isinstance(x, (str, os.PathLike))]
 
 
 @contextmanager
-def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Pattern | None = None) -> Iterator[OutputSettings]:
-    """Everything about the output and the evaluation text checked before the model loads; the output is held until the run ends."""
+def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Pattern | None = None, then: Settings | None = None) -> Iterator[OutputSettings]:
+    """Everything about the output and the evaluation text checked before the model loads; the output is held until the run ends.
+
+    ``then``: the settings of a second step of the same run (recovery after pruning), whose inputs the output may not hold either."""
     out = check_output(args, pattern, getattr(settings, "quantize", "none"), getattr(settings, "symmetric", True))
     check = PplCheck(**given(PplCheck, args))
     if check.eval_ppl:
@@ -103,7 +106,7 @@ def claimed_output(args: argparse.Namespace, settings: Settings, pattern: Patter
     if not out.output:
         yield out
         return
-    with claim(out.output, out.overwrite, run_inputs(args, settings)):
+    with claim(out.output, out.overwrite, run_inputs(args, settings, then)):
         yield out
 
 
@@ -116,6 +119,7 @@ def finish(
     settings: Settings,
     report_arg: str,
     after_eval: Callable[[Any, PplCheck], None] | None = None,
+    then: tuple[Callable[[], Any], Settings] | None = None,
     **save: Any,
 ) -> int:
     """Run ``work`` (returns a report) between the before/after perplexity, print, then save and push.
@@ -123,6 +127,8 @@ def finish(
     The report goes to :func:`~llmsparse.save_pruned` as ``report_arg`` (``report`` or ``activation``),
     with the run's own arguments ``save``; ``after_eval(report, check)`` adds what a run measures on
     the evaluation text. ``out`` comes from :func:`claimed_output`, which holds the output directory.
+    ``then``: a recovery step (its work and settings) run right after ``work``, before the "after"
+    perplexity; its report is saved as ``recovery``.
     """
     check = PplCheck(**given(PplCheck, args))
     device = resolve_device(args.device)
@@ -130,13 +136,17 @@ def finish(
         model.to(device)
         dense = perplexity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, check.ppl_windows)
     report = work()
+    if then is not None:
+        print(report.summary())
+        save["recovery"] = then[0]()
     if check.eval_ppl:
         model.to(device)
         sparse = perplexity(model, tokenizer, check.eval_ppl, check.ppl_seqlen, check.ppl_windows)
         report.evaluation["perplexity"] = {"dense": dataclasses.asdict(dense), "sparse": dataclasses.asdict(sparse)}
         if after_eval is not None:
             after_eval(report, check)
-    print(report.table() if args.verbose else report.summary())
+    last = save.get("recovery", report)
+    print(last.table() if args.verbose else last.summary())
     if check.eval_ppl:
         print(f"dense  {dense}\nsparse {sparse}")
     if out.output:
@@ -148,7 +158,7 @@ def finish(
             base_model=args.model,
             format=out.format,
             overwrite=out.overwrite,
-            inputs=run_inputs(args, settings),
+            inputs=run_inputs(args, settings, then[1] if then else None),
             **{report_arg: report},
             **save,
         )

@@ -17,7 +17,7 @@ import sys
 import threading
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..checkpoint.load import MODEL_HELP, LoadSettings, load_model
@@ -93,8 +93,11 @@ def add_settings(
     title: str | None = None,
     skip: tuple[str, ...] = (),
     aliases: Mapping[str, list[str]] | None = None,
+    more_choices: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
-    """Add a flag per CLI field of ``cls`` not in ``seen`` or ``skip`` (and record them in ``seen``)."""
+    """Add a flag per CLI field of ``cls`` not in ``seen`` or ``skip`` (and record them in ``seen``).
+
+    ``more_choices``: names a choice flag accepts besides its field's own (``prune --method`` also takes the structured methods)."""
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -117,6 +120,8 @@ def add_settings(
             kwargs.update(action="store_const", const=True)
         else:
             choices = choices_of(f)
+            if choices and more_choices and f.name in more_choices:
+                choices = (choices[0], tuple(sorted({*choices[1], *more_choices[f.name]})))
             kwargs["type"] = _checked(_chooser(*choices) if choices else meta.get("parse") or kind, f)
             kwargs["metavar"] = meta.get("metavar") or names[0].lstrip("-").replace("-", "_").upper()
             for key in ("nargs", "action"):

@@ -15,6 +15,9 @@ from ..errors import SettingsError
 from ..formats import shard_files
 from ..methods import METHODS
 from ..pruning.api import calibration_needs, check_request, prune
+from ..recovery.api import RecoverSettings, recover
+from ..recovery.api import check_request as check_recovery
+from ..structured import STRUCTURED
 from . import finish as tail
 from . import flags, preflight
 from . import structured as structured_cli
@@ -27,7 +30,7 @@ def add(parser: argparse.ArgumentParser) -> None:
     seen: set[str] = {"runtime", "load_in"}  # no --runtime or --load-in: pruning edits dense weights
     flags.add_model_flags(parser, seen)
     parser.add_argument("--recipe", help="YAML recipe with prune() arguments; flags given on the command line override it")
-    flags.add_settings(parser, PruneJob, seen, "pruning")
+    flags.add_settings(parser, PruneJob, seen, "pruning", more_choices={"method": STRUCTURED})
     flags.add_settings(parser, tail.OutputSettings, seen, "output")
     flags.add_settings(parser, tail.PplCheck, seen, "perplexity before and after")
     flags.add_option_flags(parser, METHODS, "method options (defaults follow the papers)")
@@ -46,14 +49,25 @@ def run(args: argparse.Namespace) -> int:
         check_calib(settings.calib, needs, settings.text_field)
     if settings.stream or settings.resume:
         return _stream(args, settings, pattern, bool(needs))
+    recovery = _recovery(settings, args)
     directory = preflight.model_dir(args.model, bool(args.trust_remote_code))
     if directory is not None:
         preflight.check_shapes(directory, settings, pattern, bool(needs), bool(args.trust_remote_code))
         check_fits(shard_files(directory), parse_dtype(args.dtype))
-    with tail.claimed_output(args, settings, pattern) as out:
+    with tail.claimed_output(args, settings, pattern, recovery) as out:
         model, tokenizer = flags.load(args)
         structured_cli.leave_removed_attention(settings, model)
-        return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings.pruning())), settings, "report")
+        then = (lambda: recover(model, tokenizer, **vars(recovery)), recovery) if recovery else None
+        return tail.finish(args, out, model, tokenizer, lambda: prune(model, tokenizer, **vars(settings.pruning())), settings, "report", then=then)
+
+
+def _recovery(settings: PruneJob, args: argparse.Namespace) -> RecoverSettings | None:
+    """``--recover RECIPE``: the recovery step's settings, checked before the model loads (never the evaluation text)."""
+    if settings.recover is None:
+        return None
+    recovery = RecoverSettings(**load_recipe(settings.recover, "recover"))
+    check_recovery(recovery, args.eval_ppl)
+    return recovery
 
 
 def _stream(args: argparse.Namespace, settings: PruneJob, pattern, calibrated: bool) -> int:
@@ -64,6 +78,8 @@ def _stream(args: argparse.Namespace, settings: PruneJob, pattern, calibrated: b
         raise SettingsError("--stream writes each finished layer to the output at once: give --output DIR")
     if args.eval_ppl:
         raise SettingsError("--eval-ppl needs the whole model in memory; with --stream, evaluate the saved output (llmsparse eval DIR)")
+    if settings.recover:
+        raise SettingsError("--recover trains the whole model in memory; with --stream, run llmsparse recover on the saved output")
     directory = preflight.model_dir(str(checkpoint_dir(args.model)), bool(args.trust_remote_code))
     preflight.check_shapes(directory, settings, pattern, calibrated, bool(args.trust_remote_code))
     with tail.claimed_output(args, settings, pattern) as out:

@@ -29,15 +29,7 @@ from . import flags
 
 
 def accept_structured(parser: argparse.ArgumentParser) -> None:
-    """Let ``--method`` take the structured names too, and add their ``--<method>-<option>`` flags."""
-    action = next(a for a in parser._actions if a.dest == "method")
-    plain = action.type
-
-    def parse(text: str) -> str:
-        return text if text in STRUCTURED else plain(text)
-
-    parse.__name__ = "method"
-    action.type = parse
+    """Add the structured settings and ``--<method>-<option>`` flags (``prune`` adds :data:`STRUCTURED` to ``--method``'s choices)."""
     seen = {a.dest for a in parser._actions}  # the flags prune already has (--sparsity, --calib, ...) serve both
     flags.add_settings(parser, StructuredSettings, seen, "structured pruning (--method 2ssp|shortgpt|width)")
     flags.add_option_flags(parser, STRUCTURED, "structured method options")

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.memory import peak_rss
+from . import loss
 from .params import Trainable
 from .state import RunState
 
@@ -48,17 +49,12 @@ def windows(ids: torch.Tensor, count: int, seqlen: int, seed: int, step: int) ->
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
-def sequence_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of a batch of sequences (the model's own loss, float32 logits)."""
-    return model(input_ids=x, labels=x, use_cache=False).loss
-
-
 @torch.no_grad()
 def validation_loss(model: nn.Module, val_ids: torch.Tensor, seqlen: int, count: int, device: torch.device) -> float:
     was = model.training
     model.eval()
     n = min(count, val_ids.numel() // seqlen)
-    total = sum(sequence_loss(model, val_ids[i * seqlen : (i + 1) * seqlen].unsqueeze(0).to(device)).item() for i in range(n))
+    total = sum(loss.mean_loss(model, val_ids[i * seqlen : (i + 1) * seqlen].unsqueeze(0).to(device)) for i in range(n))
     model.train(was)
     return total / n
 
@@ -95,6 +91,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
     tensors = trainable.optimized()
     optimizer = torch.optim.AdamW(list(tensors.values()), lr=s.lr, weight_decay=s.weight_decay)
     fit, best, bad = Fit(), snapshot(trainable), 0
+    loss.check_matches(model.eval(), val_ids[: min(s.seqlen, 32)].unsqueeze(0).to(device))
     if s.gradient_checkpointing:
         checkpointing(model, True)
     if state is not None and state.saved is not None:
@@ -116,17 +113,15 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, s.warmup, s.lr)
             trainable.zero_grad()
-            loss = 0.0
+            total_loss = 0.0
             for chunk in batch.split(s.micro_batch):
-                part = sequence_loss(model, chunk.to(device)) * (chunk.shape[0] / batch.shape[0])
-                part.backward()
-                loss += part.item()
+                total_loss += loss.backward(model, chunk.to(device), chunk.shape[0] / batch.shape[0])
             trainable.pull_grads()
             optimizer.step()
             trainable.push()
             fit.steps, seen = step, seen + batch.numel()
-            fit.train_loss.append((step, loss))
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{seen / (time.perf_counter() - started):.0f}", rss=f"{peak_rss() / 2**30:.2f}G")
+            fit.train_loss.append((step, total_loss))
+            bar.set_postfix(loss=f"{total_loss:.4f}", tok_s=f"{seen / (time.perf_counter() - started):.0f}", rss=f"{peak_rss() / 2**30:.2f}G")
             out_of_time = s.max_minutes is not None and time.perf_counter() - started > 60 * s.max_minutes
             if step % s.val_every == 0 or step == total or out_of_time:
                 val = validation_loss(model, val_ids, s.seqlen, s.val_windows, device)
@@ -135,7 +130,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
                 else:
                     bad += 1
                 fit.val_loss.append((step, val))
-                bar.write(f"step {step}: train loss {loss:.4f}, validation loss {val:.4f}{' (best)' if bad == 0 else ''}")
+                bar.write(f"step {step}: train loss {total_loss:.4f}, validation loss {val:.4f}{' (best)' if bad == 0 else ''}")
                 fit.stopped_early = bad >= s.patience or out_of_time
                 if state is not None:
                     state.save({"current": snapshot(trainable), "optimizer": optimizer.state_dict(), "fit": asdict(fit), "best": best, "bad": bad, "rng": torch.get_rng_state()})

@@ -42,6 +42,17 @@ def _batches(ids: torch.Tensor, device: torch.device) -> Iterator[torch.Tensor]:
         yield ids[start : start + BATCH].to(device)
 
 
+def _run_body(model: nn.Module, ids: torch.Tensor, handles: list) -> None:
+    """Run the decoder body (no LM head) over ``ids`` in batches while ``handles``' hooks watch, then remove them."""
+    base = getattr(model, "base_model", model)
+    try:
+        for batch in _batches(ids, _device(model)):
+            base(input_ids=batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def ffn_norms(model: nn.Module, found: list[Block], ids: torch.Tensor) -> list[torch.Tensor]:
     """Per block, ``[width]``: mean over samples of the L2 norm over tokens of each neuron's activation."""
@@ -54,14 +65,7 @@ def ffn_norms(model: nn.Module, found: list[Block], ids: torch.Tensor) -> list[t
 
         return capture
 
-    handles = [b.ffn_out.register_forward_pre_hook(hook(i)) for i, b in enumerate(found)]
-    base = getattr(model, "base_model", model)
-    try:
-        for batch in _batches(ids, _device(model)):
-            base(input_ids=batch, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_body(model, ids, [b.ffn_out.register_forward_pre_hook(hook(i)) for i, b in enumerate(found)])
     return [s / ids.shape[0] for s in sums]
 
 
@@ -92,13 +96,7 @@ def block_similarity(model: nn.Module, found: list[Block], ids: torch.Tensor, la
     for i, b in enumerate(found):
         handles.append(b.module.register_forward_pre_hook(before(i), with_kwargs=True))
         handles.append(b.module.register_forward_hook(after(i), with_kwargs=True))
-    base = getattr(model, "base_model", model)
-    try:
-        for batch in _batches(ids, _device(model)):
-            base(input_ids=batch, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_body(model, ids, handles)
     return [s / c for s, c in zip(sums, counts)]
 
 
