@@ -157,7 +157,13 @@ def checkpoint(name: str, workdir: Path) -> Path:
         quantize=quantize,
         group_size=128,
     )
+    if fmt == "pack-quantized":  # the dense loads read its dequantized twin (a pack-quantized dense load needs compressed-tensors)
+        llmsparse.save_pruned(model, tok, twin(out), report=report, format="dense", overwrite=True)
     return llmsparse.save_pruned(model, tok, out, report=report, format=fmt, overwrite=True)
+
+
+def twin(directory: Path) -> Path:
+    return directory.with_name(directory.name + "-as-dense")
 
 
 def e2e(windows: int, tokens: int, workdir: Path, busy: bool, header: str) -> None:
@@ -167,7 +173,8 @@ def e2e(windows: int, tokens: int, workdir: Path, busy: bool, header: str) -> No
     with competing(busy) as note:
         for name, directory in dirs.items():
             for label, (runtime, dtype) in LOADS.items():
-                spec = {"dir": str(directory), "runtime": runtime, "dtype": dtype, "windows": windows, "tokens": tokens, "ppl": not busy}
+                source = twin(directory) if runtime == "dense" and twin(directory).is_dir() else directory
+                spec = {"dir": str(source), "runtime": runtime, "dtype": dtype, "windows": windows, "tokens": tokens, "ppl": not busy}
                 done = subprocess.run([sys.executable, sys.argv[0], "child", json.dumps(spec)], check=True, capture_output=True, text=True)
                 runs[name, label] = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"done {name}: {label} {runs[name, label]['tokens_per_s']:.2f} tok/s", flush=True)

@@ -54,6 +54,21 @@ def test_compact_checkpoints_run_sparse_with_the_dense_logits(arch, fmt, tokeniz
     assert_same_outputs(model, sparse, calib_ids[:2, :12])
 
 
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4"])
+def test_a_dtype_given_at_load_casts_the_stored_values_as_a_dense_load_casts_weights(fmt, tokenizer, tmp_path, calib_ids):
+    """float32 values loaded with dtype=bfloat16: the sparse layers hold bf16 values (half the bytes) and compute the dense bf16 load's logits."""
+    _, out = saved(tmp_path, tokenizer, "llama", fmt)
+    dense, _ = llmsparse.load_model(out, dtype="bfloat16")
+    sparse, _ = llmsparse.load_model(out, runtime="sparse", dtype="bfloat16")
+    layers = sparse_layers(sparse)
+    assert layers and all(m.parts["compressed"].dtype == torch.bfloat16 for m in layers.values())
+    as_stored, _ = llmsparse.load_model(out, runtime="sparse")
+    assert all(m.parts["compressed"].dtype == torch.float32 for m in sparse_layers(as_stored).values())
+    ids = calib_ids[:1, :6]
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).logits.float(), dense(ids).logits.float(), atol=2e-2, rtol=2e-2)
+
+
 def test_transformers_entry_point_loads_the_same_sparse_model(tokenizer, tmp_path, calib_ids):
     model, out = saved(tmp_path, tokenizer, "llama", "bitmask", torch.bfloat16)
     via_hf = AutoModelForCausalLM.from_pretrained(out)  # llmsparse is imported: its quantizer is registered

@@ -44,7 +44,7 @@ class LlmsparseQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        check_loaded(model)
+        check_loaded(model, model.dtype)  # transformers passes no dtype to the hook above: the model's parameters have it
         return model
 
     def is_serializable(self) -> bool:
