@@ -170,7 +170,7 @@ def table(results: dict) -> str:
         cells = [
             name.split("|")[0], "-" if name == "dense" else name.split("|")[1], f"{1 - r['remaining']:.2%}",
             f"{r.get('total_after', '-'):,}" if "total_after" in r else "-", f"{r['ppl']:.2f}",
-            f"{t.get('wt2_cloze/acc', float('nan')):.2f}", f"{t.get('wt2_cloze_mc/acc', float('nan')):.2f}", f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-",
+            f"{t['wt2_cloze/acc']:.2f}" if t else "-", f"{t['wt2_cloze_mc/acc']:.2f}" if t else "-", f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-",
             f"{st['prefill_tok_s']:.0f}" + (f" ({r['skip']['prefill_tok_s']:.0f})" if "skip" in r else "") if st else "-",
             ratio or "-", f"{st['decode_tok_s']:.1f}" if st else "-",
         ]

@@ -109,3 +109,16 @@ def check_choice(kind: str, value: object, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise unknown_name(kind, value, choices)
+
+
+def check_resume(directory: object, saved_args: dict | None, args: dict, resume: bool, what: str = "run") -> None:
+    """Refuse to take over an interrupted ``what`` in ``directory`` (its arguments ``saved_args``) with other ``args``, or without ``resume``."""
+    if saved_args != args:
+        theirs = saved_args or {}
+        differ = sorted(k for k in set(args) | set(theirs) if args.get(k) != theirs.get(k))
+        raise ResumeError(
+            f"{directory} holds an interrupted {what} with other arguments (differs in: {', '.join(differ)}); "
+            "rerun it with its own arguments and --resume, or remove that directory to start over"
+        )
+    if not resume:
+        raise ResumeError(f"{directory} holds an interrupted {what} of this command: add --resume to continue it, or remove that directory to start over")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..core.tensorfile import copy_tensor, read_header, read_tensors, save_file
-from ..errors import ResumeError
+from ..errors import ResumeError, check_resume
 
 STATE_FILE = "state.json"
 
@@ -81,15 +81,7 @@ class Partial:
             raise ResumeError(f"{self.dir} is not an interrupted run's state directory (a file or a link): move it away or choose another output")
         state = _read_state(self.dir)
         if state is not None:
-            if state.get("args") != args:
-                theirs = state.get("args", {})
-                differ = sorted(k for k in set(args) | set(theirs) if args.get(k) != theirs.get(k))
-                raise ResumeError(
-                    f"{self.dir} holds an interrupted run with other arguments (differs in: {', '.join(differ)}); "
-                    "rerun it with its own arguments and --resume, or remove that directory to start over"
-                )
-            if not resume:
-                raise ResumeError(f"{self.dir} holds an interrupted run of this command: add --resume to continue it, or remove that directory to start over")
+            check_resume(self.dir, state.get("args"), args, resume)
         elif self.dir.exists():  # created, then killed before the first state was written: nothing to keep
             shutil.rmtree(self.dir)
         self.resumed = state is not None

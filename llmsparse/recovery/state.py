@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ResumeError
+from ..errors import ResumeError, check_resume
 
 STATE_FILE = "state.pt"
 
@@ -32,15 +32,7 @@ class RunState:
         path = self.dir / STATE_FILE
         self.saved: dict[str, Any] | None = torch.load(path, weights_only=True) if path.is_file() else None
         if self.saved is not None:
-            if self.saved["args"] != args:
-                theirs = self.saved["args"]
-                differ = sorted(k for k in set(args) | set(theirs) if args.get(k) != theirs.get(k))
-                raise ResumeError(
-                    f"{self.dir} holds an interrupted recovery with other arguments (differs in: {', '.join(differ)}); "
-                    "rerun it with its own arguments and --resume, or remove that directory to start over"
-                )
-            if not resume:
-                raise ResumeError(f"{self.dir} holds an interrupted recovery of this command: add --resume to continue it, or remove that directory to start over")
+            check_resume(self.dir, self.saved["args"], args, resume, "recovery")
         elif resume and not self.dir.exists():
             raise ResumeError(f"--resume: there is no interrupted recovery in {self.dir} to continue")
 
