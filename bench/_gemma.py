@@ -50,6 +50,22 @@ def cloze(model, tok) -> dict:
     return {f"{t}/{m}": v for t, ms in res.metrics.items() for m, v in ms.items() if m in ("acc", "acc_norm")}
 
 
+def pruned_once(out: Path, formats: dict[str, Path] | None = None, **prune) -> Path:
+    """Gemma 3 270M pruned with ``prune()`` arguments ``prune`` (16 x 512 tokens of wiki.valid.tokens, float32) and
+    saved to ``out`` once (kept for later runs) in ``prune['format']``; ``formats``: also save it in these, to these paths."""
+    if (out / "config.json").is_file():
+        return out
+    import llmsparse
+
+    fmt = prune.pop("format")
+    model, tok = llmsparse.load_model("gemma-3-270m")
+    calib = dict(calib=str(DATA / "wiki.valid.tokens"), nsamples=16, seqlen=512, device="cpu", compute_dtype="float32")
+    report = llmsparse.prune(model, tok, **calib, **prune)
+    for other, path in (formats or {}).items():
+        llmsparse.save_pruned(model, tok, path, report=report, format=other, overwrite=True)
+    return llmsparse.save_pruned(model, tok, out, report=report, format=fmt, overwrite=True)
+
+
 def machine_header() -> str:
     """The line every bench table starts with: this machine's CPU, its instruction sets, threads and GPUs."""
     import torch

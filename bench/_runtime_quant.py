@@ -137,29 +137,10 @@ def checkpoint(name: str, workdir: Path) -> Path:
     """The checkpoint ``name`` of :data:`CHECKPOINTS`, pruned once and cached under ``workdir``."""
     method, sparsity, quantize, fmt = CHECKPOINTS[name]
     out = workdir / ("gemma-3-270m-" + "-".join(name.lower().replace("%", "").replace("+ ", "").replace("(", "").replace(")", "").split()))
-    if (out / "config.json").is_file():
-        return out
-    from _gemma import DATA
+    from _gemma import pruned_once
 
-    import llmsparse
-
-    model, tok = llmsparse.load_model("gemma-3-270m")
-    report = llmsparse.prune(
-        model,
-        tok,
-        method=method,
-        sparsity=sparsity,
-        calib=str(DATA / "wiki.valid.tokens"),
-        nsamples=16,
-        seqlen=512,
-        device="cpu",
-        compute_dtype="float32",
-        quantize=quantize,
-        group_size=128,
-    )
-    if fmt == "pack-quantized":  # the dense loads read its dequantized twin (a pack-quantized dense load needs compressed-tensors)
-        llmsparse.save_pruned(model, tok, twin(out), report=report, format="dense", overwrite=True)
-    return llmsparse.save_pruned(model, tok, out, report=report, format=fmt, overwrite=True)
+    twins = {"dense": twin(out)} if fmt == "pack-quantized" else None  # a pack-quantized dense load needs compressed-tensors
+    return pruned_once(out, twins, method=method, sparsity=sparsity, quantize=quantize, group_size=128, format=fmt)
 
 
 def twin(directory: Path) -> Path:

@@ -16,6 +16,7 @@ ends within about 15 minutes on the 2-core machine; the default is the one in do
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -57,7 +58,9 @@ def child(spec: dict) -> dict:
     before = llmsparse.perplexity(model, tok, test, seqlen=1024, windows=8).ppl
     tasks_before = cloze(model, tok) if spec.get("tasks") else None
     whole_peak = peak_rss()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # return the evaluation's freed logits to the OS first, so they do not count below
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM restarts from the current RSS, so the next peak is recovery's own
+    trimmed = rss_now()
     report = llmsparse.recover(model, tok, data=str(DATA / "wiki.valid.tokens"), device="cpu", **spec["recover"])
     recover_peak = peak_rss()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -68,17 +71,22 @@ def child(spec: dict) -> dict:
         "ppl_before": before, "ppl_after": after, "recover": spec["recover"], "trainable": report.trainable,
         "share": report.share, "steps": report.steps, "best_step": report.best_step, "stopped_early": report.stopped_early,
         "tokens": report.tokens, "recover_s": report.seconds, "peak_rss_gib": max(whole_peak, peak_rss()) / 2**30,
-        "recover_peak_gib": recover_peak / 2**30, "model_gib": model_bytes / 2**30,
+        "recover_peak_gib": recover_peak / 2**30, "rss_at_start_gib": trimmed / 2**30, "model_gib": model_bytes / 2**30,
         "zeros_before": report.zeros_before, "zeros_after": report.zeros_after,
         "val_loss": report.val_loss, "train_loss": report.train_loss,
     } | tasks
+
+
+def rss_now() -> int:
+    return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
 
 
 def recover_peak(r: dict) -> str:
     """Recovery's own peak RSS and its ratio to the model's bytes (rows run before it was measured: not measured)."""
     if "recover_peak_gib" not in r:
         return "not measured"
-    return f"{r['recover_peak_gib']:.2f} GiB ({r['recover_peak_gib'] / r['model_gib']:.2f}x)"
+    start = f"; {r['rss_at_start_gib']:.2f} GiB resident when it started" if "rss_at_start_gib" in r else ""
+    return f"{r['recover_peak_gib']:.2f} GiB ({r['recover_peak_gib'] / r['model_gib']:.2f}x{start})"
 
 
 def accuracies(r: dict) -> str:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _gemma import DATA, machine_header  # noqa: E402
+from _gemma import DATA, machine_header, pruned_once  # noqa: E402
 
 GEMMA = {"q": (1024, 640), "k/v": (256, 640), "o": (640, 1024), "gate/up": (2048, 640), "down": (640, 2048)}
 SEVEN_B = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096), "4096x11008": (4096, 11008)}
@@ -198,24 +198,7 @@ def child(spec: dict) -> dict:
 
 
 def prune_once(sparsity: float, workdir: Path) -> Path:
-    out = workdir / f"gemma-3-270m-wanda-{int(sparsity * 100)}-bitmask"
-    if (out / "config.json").is_file():
-        return out
-    import llmsparse
-
-    model, tok = llmsparse.load_model("gemma-3-270m")
-    report = llmsparse.prune(
-        model,
-        tok,
-        method="wanda",
-        sparsity=sparsity,
-        calib=str(DATA / "wiki.valid.tokens"),
-        nsamples=16,
-        seqlen=512,
-        device="cpu",
-        compute_dtype="float32",
-    )
-    return llmsparse.save_pruned(model, tok, out, report=report, format="bitmask", overwrite=True)
+    return pruned_once(workdir / f"gemma-3-270m-wanda-{int(sparsity * 100)}-bitmask", method="wanda", sparsity=sparsity, format="bitmask")
 
 
 def e2e(sparsities: list[float], windows: int, tokens: int, workdir: Path) -> None:
