@@ -148,7 +148,7 @@ def test_api_defaults_recipe_keys_and_flags_come_from_the_settings_dataclasses(c
     params = inspect.signature(llmsparse.prune).parameters
     assert "stream" not in params and "resume" not in params and "resume" in inspect.signature(llmsparse.prune_checkpoint).parameters
     assert RECIPE_KINDS["prune"] is PruneJob
-    assert RECIPE_KINDS["prune"].recipe_keys() == tuple(f.name for f in dataclasses.fields(llmsparse.PruneSettings) if f.metadata["recipe"]) + ("stream",)
+    assert RECIPE_KINDS["prune"].recipe_keys() == tuple(f.name for f in dataclasses.fields(llmsparse.PruneSettings) if f.metadata["recipe"]) + ("stream", "recover")
     assert "device" not in RECIPE_KINDS["prune"].recipe_keys() and "nsamples" in RECIPE_KINDS["prune"].recipe_keys()
     parser = build_parser()
     with pytest.raises(SystemExit):
