@@ -149,14 +149,10 @@ def add_shells(model: nn.Module, block: dict, files: Iterable[str | Path], dtype
 def check_loaded(model: nn.Module, dtype: torch.dtype | None = None) -> None:
     """Check every compressed layer's tensors against its format (:class:`CheckpointError` naming the matrix).
 
-    transformers loads buffers in their stored dtype, so stored values (not group scales, which stay as
-    saved: a bf16-rounded scale would move every weight of its group) are cast to the model's ``dtype``
-    here, as a dense load casts its weights.
+    transformers loads buffers in their stored dtype, so stored values are cast to the model's ``dtype``
+    here (:meth:`SparseLinear.cast_values`), as a dense load casts its weights.
     """
     for module in sparse_layers(model).values():
-        for key in module._part_names:
-            tensor = getattr(module, key)
-            if dtype is not None and tensor.is_floating_point() and "scale" not in key and tensor.dtype != dtype:
-                module._buffers[key] = tensor.to(dtype)
-                module._layout = None
+        if dtype is not None:
+            module.cast_values(dtype)
         module.layout()

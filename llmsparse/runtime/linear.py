@@ -112,6 +112,14 @@ class SparseLinear(nn.Linear):
             self._layout = self.format.layout(self.parts, self.name)
         return self._layout
 
+    def cast_values(self, dtype: torch.dtype) -> None:
+        """Stored float values (not group scales: a rounded scale would move every weight of its group) in ``dtype``."""
+        for key in self._part_names:
+            tensor = getattr(self, key)
+            if tensor.is_floating_point() and "scale" not in key and tensor.dtype != dtype:
+                self._buffers[key] = tensor.to(dtype)
+                self._layout = None
+
     def _apply(self, fn, recurse: bool = True):
         self._layout = None  # .to(), .float(), ... replace the buffers
         return super()._apply(fn, recurse)
