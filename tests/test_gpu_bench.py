@@ -25,7 +25,7 @@ def test_tiny_run_on_cpu_prints_and_writes_every_row(bench, tmp_path, capsys):
     assert [r["row"] for r in rows] == ["sparsegpt:2:4", "wanda:unstructured"]
     for r in rows:
         assert r["sparsity"] == 0.5 and len(r["per_layer_s"]) == 2 and r["peak_gib"] > 0
-        assert sum(r["per_layer_s"]) == pytest.approx(r["seconds"], rel=0.05)
+        assert sum(r["per_layer_s"]) == pytest.approx(r["seconds"], rel=0.05, abs=0.002)  # each figure is rounded to 1 ms
         assert all(v >= 0 for v in r["shares"].values()) and sum(r["shares"].values()) <= 1.0 + 1e-3
     assert rows[0]["shares"]["solve"] > 0 and rows[0]["shares"]["statistics"] > 0  # SparseGPT: Hessians and column loops timed
     assert "sparsegpt:2:4" in capsys.readouterr().out
