@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=8)
     parser.add_argument("--max-minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--label", help="store the rows as 'ROW (LABEL)' (another budget of a row kept beside it)")
     parser.add_argument("--tasks", action="store_true", help="also the offline cloze tasks before and after recovery (minutes per row)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,14 +162,15 @@ def main() -> None:
         for row in args.only.split(","):
             if row not in ROWS:
                 sys.exit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
-            if row in rows and not args.redo:
-                print(f"{row}: already in {path} (--redo to run again)")
+            key = f"{row} ({args.label})" if args.label else row
+            if key in rows and not args.redo:
+                print(f"{key}: already in {path} (--redo to run again)")
                 continue
             spec = {"row": row, "recover": recover, "threads": args.threads, "tasks": args.tasks}
             done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True, stdout=subprocess.PIPE, text=True)
-            rows[row] = json.loads(done.stdout.strip().splitlines()[-1]) | {"machine": machine_header()}
+            rows[key] = json.loads(done.stdout.strip().splitlines()[-1]) | {"machine": machine_header(), "row": key}
             path.write_text(json.dumps(rows, indent=1) + "\n")  # after every row: an interrupted bench keeps what it finished
-            print(table({row: rows[row]}))
+            print(table({key: rows[key]}))
     print(machine_header())
     print(table(rows))
     if rows:

@@ -35,6 +35,39 @@ def randomize_adapters(wrapped) -> None:
         w.data = torch.randn(w.shape, generator=g)
 
 
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_masked_update_gradients_equal_autograd_of_the_formula(batch):
+    """MaskedUpdate recomputes the update in backward; its gradients are those of h @ (s (B @ A) * M)^T (float64)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    weight[torch.rand(7, 6, generator=g) < 0.5] = 0
+    h = torch.randn(*batch, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, a, b: masklora.MaskedUpdate.apply(h, a, b, weight, 0.5), (h, a, b))
+    out = masklora.MaskedUpdate.apply(h, a, b, weight, 0.5)
+    ref = h @ ((b @ a) * 0.5 * (weight != 0)).T
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad(out, (h, a, b), grad)
+    theirs = torch.autograd.grad(ref, (h, a, b), grad)
+    assert torch.equal(out, ref.detach()) or torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_training_forward_keeps_no_update_matrix_for_backward():
+    """What autograd keeps from a training forward: no out x in tensor besides the frozen weights themselves."""
+    model = pruned()
+    wrapped = masklora.attach(model, params.lora_names(model, None), rank=4, alpha=8)
+    weights = {m.get_base_layer().weight.data_ptr(): m.get_base_layer().weight.shape for m in wrapped.values()}
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        model(torch.randint(0, 320, (1, 8))).logits.sum()
+    shapes = set(weights.values())
+    big = [t for t in kept if tuple(t.shape) in shapes and t.data_ptr() not in weights]
+    assert kept and not big, [tuple(t.shape) for t in big]
+
+
 @pytest.mark.parametrize("pattern", [None, "2:4"])
 def test_masked_lora_keeps_zeros_and_merge_equals_training_model(pattern):
     model = pruned(pattern=pattern)

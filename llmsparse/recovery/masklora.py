@@ -14,7 +14,11 @@ no zeros, so the mask is all ones and this is ordinary LoRA.
 peft supplies the adapter machinery (A/B initialisation, scaling, dropout, injection by module
 name); :class:`MaskedLoraLinear` overrides only its forward and ``get_delta_weight``, which peft's own
 ``merge`` calls. The masked forward has to form the full ``out x in`` update (the product of a
-low-rank factor pair with an elementwise mask is not low rank), as the reference's MaskLoRALayer does.
+low-rank factor pair with an elementwise mask is not low rank), as the reference's MaskLoRALayer does;
+:class:`MaskedUpdate` forms it again in the backward pass instead of keeping it (and its mask) for
+every wrapped matrix: with autograd's default, those ``out x in`` tensors (5 bytes per weight) stay
+alive from the forward to the backward pass, as much memory as the float32 decoder itself. Its
+gradients, with ``G = scale * (dY^T X) * M``: ``dA = B^T G``, ``dB = G A^T``, ``dX = dY ((B @ A) * scale * M)``.
 """
 
 from __future__ import annotations
@@ -32,18 +36,36 @@ from ..errors import SettingsError
 ADAPTER = "default"
 
 
+def masked_delta(a: torch.Tensor, b: torch.Tensor, scale: float, weight: torch.Tensor) -> torch.Tensor:
+    """``scale * (B @ A) * (W != 0)`` in the adapters' dtype (float32)."""
+    return (b @ a).mul_(scale).mul_(weight != 0)
+
+
+class MaskedUpdate(torch.autograd.Function):
+    """``h @ (scale * (B @ A) * M)^T`` that keeps only ``h``, ``A``, ``B`` (and a reference to ``W``) for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(h, a, b, weight)
+        ctx.scale = scale
+        return F.linear(h.to(a.dtype), masked_delta(a, b, scale, weight))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, a, b, weight = ctx.saved_tensors
+        grad = grad.to(a.dtype)
+        grad_h = (grad @ masked_delta(a, b, ctx.scale, weight)).to(h.dtype) if ctx.needs_input_grad[0] else None
+        g = grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, h.shape[-1]).to(a.dtype)
+        g.mul_(ctx.scale).mul_(weight != 0)
+        return grad_h, b.T @ g, g @ a.T, None, None
+
+
 class MaskedLoraLinear(LoraLinear):
     """peft's LoRA ``Linear`` with the update multiplied by the base weight's non-zero mask."""
 
-    def mask(self) -> torch.Tensor:
-        """``W != 0`` of the frozen base weight (bool, the weight's shape)."""
-        return self.get_base_layer().weight != 0
-
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """``scale * (B @ A) * M`` in float32 (peft's ``merge`` adds it to the base weight in the weight's dtype)."""
-        a = self.lora_A[adapter].weight.float()
-        b = self.lora_B[adapter].weight.float()
-        return (b @ a) * self.scaling[adapter] * self.mask()
+        return masked_delta(self.lora_A[adapter].weight.float(), self.lora_B[adapter].weight.float(), self.scaling[adapter], self.get_base_layer().weight)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``base(x) + dropout(x) @ (scale * (B @ A) * M)^T``; merged or disabled: the base layer alone."""
@@ -53,9 +75,9 @@ class MaskedLoraLinear(LoraLinear):
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
-            delta = self.get_delta_weight(name)
-            h = self.lora_dropout[name](x).to(delta.dtype)
-            result = result + F.linear(h, delta).to(result.dtype)
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            update = MaskedUpdate.apply(self.lora_dropout[name](x), a, b, self.get_base_layer().weight, self.scaling[name])
+            result = result + update.to(result.dtype)
         return result
 
 
