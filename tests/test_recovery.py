@@ -334,9 +334,9 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradient(arch, monkeypatch)
         assert model.config.final_logit_softcapping  # the soft-capped head is covered
 
 
-def test_a_head_the_chunked_loss_does_not_know_is_refused():
+def test_a_head_the_streamed_loss_does_not_know_is_refused():
+    from llmsparse.core import nll
     from llmsparse.errors import ModelError
-    from llmsparse.recovery import loss
 
     model = tiny_model("llama")
     model.config.logit_scale = 2.0  # a head that scales its logits, as some architectures do
@@ -348,8 +348,8 @@ def test_a_head_the_chunked_loss_does_not_know_is_refused():
         return out
 
     model.forward = scaled.__get__(model)
-    with pytest.raises(ModelError, match="chunked loss"):
-        loss.check_matches(model, torch.randint(2, 320, (1, 16)))
+    with pytest.raises(ModelError, match="streamed loss does not know"):
+        nll.check_head(model, torch.randint(2, 320, (1, 16)))
 
 
 def test_shipped_recover_recipes_load():

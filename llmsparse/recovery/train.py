@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core import nll
 from ..core.memory import peak_rss
 from . import loss
 from .params import Trainable
@@ -91,7 +92,7 @@ def fit(model: nn.Module, trainable: Trainable, train_ids, val_ids, s, total: in
     tensors = trainable.optimized()
     optimizer = torch.optim.AdamW(list(tensors.values()), lr=s.lr, weight_decay=s.weight_decay)
     fit, best, bad = Fit(), snapshot(trainable), 0
-    loss.check_matches(model.eval(), val_ids[: min(s.seqlen, 32)].unsqueeze(0).to(device))
+    nll.check_head(model.eval(), val_ids[: min(s.seqlen, 32)].unsqueeze(0).to(device))
     if s.gradient_checkpointing:
         checkpointing(model, True)
     if state is not None and state.saved is not None:
