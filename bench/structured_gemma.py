@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated targets (default 0.25,0.375,0.5)")
     parser.add_argument("--tasks", action="store_true", help="also run the offline cloze tasks (minutes per point)")
     parser.add_argument("--unstructured", action="store_true", help="also run Wanda 25/37.5/50%% and SparseGPT 50%% (else read from docs/sweep_gemma.json)")
+    parser.add_argument("--methods", help="comma-separated: only these methods' points (dense always kept)")
+    parser.add_argument("--redo", action="store_true", help="run points that --json already holds again")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -221,19 +223,20 @@ def main() -> None:
     specs = [{"kind": "dense"}] + [{"kind": "structured", "method": m, "sparsity": s} for s in sparsities for m in STRUCTURED]
     if args.unstructured:
         specs += [{"kind": "unstructured", "method": m, "sparsity": s} for m, s in UNSTRUCTURED]
+    if args.methods:
+        specs = [s for s in specs if s["kind"] == "dense" or s["method"] in args.methods.split(",")]
     if args.ppl_only:  # the dense perplexity of the same protocol, from bench/sweep_gemma.py
         specs = specs[1:]
         results.setdefault("dense", {**json.loads((DOCS / "sweep_gemma.json").read_text())["dense"], "remaining": 1.0, "seconds": None})
     print(machine_header())
     for spec in specs:
         spec |= {"device": args.device, "tasks": args.tasks, "ppl_only": args.ppl_only}
-        if key(spec) in results:
+        if key(spec) in results and not args.redo:
             continue
         results[key(spec)] = run_isolated(__file__, spec)
         print(key(spec), json.dumps(results[key(spec)]), flush=True)
         path.write_text(json.dumps(results, indent=1) + "\n")
-    if not args.unstructured:
-        results |= from_sweep()
+    results = from_sweep() | results  # points this bench measured win over the earlier sweep's
     print(table(results))
     plot(results, path.with_suffix(".png"))
 

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import llmsparse
 from llmsparse.cli import main
+from llmsparse.core.memory import FileMappings
 from llmsparse.errors import CheckpointError, ModelError, UnknownNameError
 from llmsparse.formats import FORMATS, Format, register
 from llmsparse.formats import bitmask as bitmask_format
@@ -64,6 +65,11 @@ def test_a_dtype_given_at_load_casts_the_stored_values_as_a_dense_load_casts_wei
     assert layers and all(m.parts["compressed"].dtype == torch.bfloat16 for m in layers.values())
     as_stored, _ = llmsparse.load_model(out, runtime="sparse")
     assert all(m.parts["compressed"].dtype == torch.float32 for m in sparse_layers(as_stored).values())
+    # the cast load copied every dense tensor: the parts were copied out of the file's map too, so it can be unmapped;
+    # the load as stored keeps the zero-copy views (its dense weights read from the map anyway)
+    mapped = FileMappings()
+    assert not any(mapped.holds(t) for t in [*sparse.parameters(), *sparse.buffers()])
+    assert any(mapped.holds(t) for m in sparse_layers(as_stored).values() for t in m.parts.values())
     ids = calib_ids[:1, :6]
     with torch.no_grad():
         torch.testing.assert_close(sparse(ids).logits.float(), dense(ids).logits.float(), atol=2e-2, rtol=2e-2)

@@ -1,4 +1,4 @@
-"""Process memory: the peak resident set of a run, and the guard before loading a model that will not fit.
+"""Process memory: the peak resident set of a run, which tensors read from a mapped file, and the guard before loading a model that will not fit.
 
 A model loaded whole needs at least its weights' bytes in memory (the safetensors files hold
 exactly those bytes at the stored dtype; a ``--dtype`` cast scales them by the element size).
@@ -8,6 +8,7 @@ refuses a run that cannot fit, pointing at ``--stream``, which holds one decoder
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import os
 import resource
@@ -61,6 +62,36 @@ def return_freed_blocks(threshold: int = 1 << 20) -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+class FileMappings:
+    """Address ranges of the files this process has memory-mapped (Linux ``/proc/self/maps``; none elsewhere).
+
+    safetensors loads tensors as zero-copy views of the mapped checkpoint; a view keeps the whole
+    mapping, and with it every page of the file that was ever read, in the resident set.
+    """
+
+    def __init__(self) -> None:
+        ranges = []
+        try:
+            for line in Path("/proc/self/maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
+                    lo, hi = fields[0].split("-")
+                    ranges.append((int(lo, 16), int(hi, 16)))
+        except OSError:
+            pass
+        ranges.sort()
+        self._starts = [lo for lo, _ in ranges]
+        self._ends = [hi for _, hi in ranges]
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor``'s memory lies in a mapped file."""
+        if tensor.device.type != "cpu" or tensor.numel() == 0:
+            return False
+        address = tensor.untyped_storage().data_ptr()
+        i = bisect.bisect_right(self._starts, address) - 1
+        return i >= 0 and address < self._ends[i]
 
 
 def available_memory() -> int | None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.memory import FileMappings
 from ..formats import get_format
 from ..formats.base import Format, QuantLayout, SparseLayout
 from . import quant
@@ -118,6 +119,14 @@ class SparseLinear(nn.Linear):
             tensor = getattr(self, key)
             if tensor.is_floating_point() and "scale" not in key and tensor.dtype != dtype:
                 self._buffers[key] = tensor.to(dtype)
+                self._layout = None
+
+    def own_parts(self, mapped: FileMappings) -> None:
+        """Copy stored tensors that read from a mapped file into memory of their own (see ``convert.release_file``)."""
+        for key in self._part_names:
+            tensor = getattr(self, key)
+            if mapped.holds(tensor):
+                self._buffers[key] = tensor.clone()
                 self._layout = None
 
     def _apply(self, fn, recurse: bool = True):
