@@ -211,8 +211,8 @@ def main() -> None:
     parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated targets (default 0.25,0.375,0.5)")
     parser.add_argument("--tasks", action="store_true", help="also run the offline cloze tasks (minutes per point)")
     parser.add_argument("--unstructured", action="store_true", help="also run Wanda 25/37.5/50%% and SparseGPT 50%% (else read from docs/sweep_gemma.json)")
-    parser.add_argument("--methods", help="comma-separated: only these methods' points (dense always kept)")
-    parser.add_argument("--redo", action="store_true", help="run points that --json already holds again")
+    parser.add_argument("--methods", help="comma-separated: only these methods' points (and dense, kept as it is unless named)")
+    parser.add_argument("--redo", action="store_true", help="run the selected points that --json already holds again")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -231,7 +231,8 @@ def main() -> None:
     print(machine_header())
     for spec in specs:
         spec |= {"device": args.device, "tasks": args.tasks, "ppl_only": args.ppl_only}
-        if key(spec) in results and not args.redo:
+        again = args.redo and (spec["kind"] != "dense" or not args.methods or "dense" in args.methods.split(","))
+        if key(spec) in results and not again:
             continue
         results[key(spec)] = run_isolated(__file__, spec)
         print(key(spec), json.dumps(results[key(spec)]), flush=True)
