@@ -21,9 +21,13 @@ from llmsparse.checkpoint.outdir import remove_stale
 from llmsparse.cli import main
 
 RUNNER = """
-import os, sys, time
+import os, signal, sys, time
 import llmsparse.cli.prune, llmsparse.checkpoint.save, llmsparse.checkpoint.outdir
 from llmsparse.cli import main
+
+# A suite started in the background (`pytest &` in a shell without job control) inherits SIGINT ignored,
+# and so would this child: restore Python's Ctrl-C, which is what a user's terminal gives the CLI.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 point = sys.argv[1]
 
