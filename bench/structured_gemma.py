@@ -202,6 +202,21 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def add_tasks(specs: list[dict], results: dict, path: Path, device: str) -> None:
+    """Cloze accuracies for stored points: the prune runs again (same seed and data, so the same model, checked by
+    its perplexity), and only ``tasks`` joins the stored entry; its timings stay those of the run that measured them."""
+    for spec in specs:
+        stored = results.get(key(spec))
+        if stored is None or "tasks" in stored:
+            continue
+        again = run_isolated(__file__, spec | {"device": device, "tasks": True, "ppl_only": True})
+        if abs(again["ppl"] - stored["ppl"]) > 1e-6 * stored["ppl"]:
+            raise SystemExit(f"{key(spec)}: ppl {again['ppl']:.4f} != stored {stored['ppl']:.4f}: not the same model, tasks not added")
+        stored["tasks"] = again["tasks"]
+        print(key(spec), json.dumps(again["tasks"]), flush=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child")
@@ -213,6 +228,8 @@ def main() -> None:
     parser.add_argument("--unstructured", action="store_true", help="also run Wanda 25/37.5/50%% and SparseGPT 50%% (else read from docs/sweep_gemma.json)")
     parser.add_argument("--methods", help="comma-separated: only these methods' points (and dense, kept as it is unless named)")
     parser.add_argument("--redo", action="store_true", help="run the selected points that --json already holds again")
+    parser.add_argument("--add-tasks", action="store_true",
+                        help="add the cloze columns to the points --json holds without them: each is pruned again (no timing kept) and must reproduce its stored ppl")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -229,6 +246,9 @@ def main() -> None:
         specs = specs[1:]
         results.setdefault("dense", {**json.loads((DOCS / "sweep_gemma.json").read_text())["dense"], "remaining": 1.0, "seconds": None})
     print(machine_header())
+    if args.add_tasks:
+        add_tasks(specs, results, path, args.device)
+        specs = []
     for spec in specs:
         spec |= {"device": args.device, "tasks": args.tasks, "ppl_only": args.ppl_only}
         again = args.redo and (spec["kind"] != "dense" or not args.methods or "dense" in args.methods.split(","))
