@@ -8,6 +8,7 @@ the speed of the saved model loaded by stock transformers: prefill of 512 tokens
 ``logits_to_keep=1``, what ``generate`` does) and batch-1 greedy decoding (64 new tokens after a 32-token prompt).
 2SSP's prefill is also timed as ``llmsparse.load_model`` loads it (removed attention modules not computed).
 Wanda at 25/37.5/50% and SparseGPT at 50% run in the same session for the plot and the time target.
+``2ssp-bf16`` is 2SSP with ``probe_dtype="bfloat16"`` (stage 2's perplexity probe in bf16).
 
     python bench/structured_gemma.py                  # CPU table, docs/structured_gemma.json and .png
     python bench/structured_gemma.py --device cuda    # the same on a GPU (timings synchronised)
@@ -29,7 +30,9 @@ from _gemma import DATA, cloze, machine_header, run_isolated  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SPARSITIES = (0.25, 0.375, 0.5)
-STRUCTURED = ("2ssp", "shortgpt", "width")
+STRUCTURED = ("2ssp", "shortgpt", "width", "2ssp-bf16")
+#: Bench names that run a method with options: name -> (method, method_options).
+VARIANTS = {"2ssp-bf16": ("2ssp", {"probe_dtype": "bfloat16"})}
 UNSTRUCTURED = (("wanda", 0.25), ("wanda", 0.375), ("wanda", 0.5), ("sparsegpt", 0.5))
 
 
@@ -99,7 +102,8 @@ def child(spec: dict) -> dict:
     calib = dict(calib=str(DATA / "wiki.valid.tokens"), nsamples=32, seqlen=512, seed=0, device=device)
     if spec["kind"] == "structured":
         start = time.perf_counter()
-        report = llmsparse.prune_structured(model, tok, method=spec["method"], sparsity=spec["sparsity"], **calib)
+        method, options = VARIANTS.get(spec["method"], (spec["method"], None))
+        report = llmsparse.prune_structured(model, tok, method=method, sparsity=spec["sparsity"], method_options=options, **calib)
         out["seconds"] = time.perf_counter() - start
         out |= {k: getattr(report, k) for k in ("decoder_after", "total_before", "total_after", "removed_attention", "removed_blocks", "width_after")}
         out["budget"], out["remaining"] = report.budget, report.decoder_after / decoder
@@ -185,7 +189,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    styles = {"2ssp": ("tab:red", "o"), "shortgpt": ("tab:blue", "s"), "width": ("tab:green", "^"), "wanda": ("tab:gray", "x"), "sparsegpt": ("black", "+")}
+    styles = {"2ssp": ("tab:red", "o"), "shortgpt": ("tab:blue", "s"), "width": ("tab:green", "^"), "2ssp-bf16": ("tab:orange", "."), "wanda": ("tab:gray", "x"), "sparsegpt": ("black", "+")}
     for method, (color, marker) in styles.items():
         pts = sorted((r["remaining"], r["ppl"]) for k, r in results.items() if k.split("|")[0] == method)
         if pts:

@@ -139,6 +139,22 @@ def test_removed_attention_contributes_nothing_and_probe_is_exact(ids):
     assert fast == pytest.approx(slow, rel=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_bf16_probe_is_close_to_the_float32_one_and_leaves_the_model_alone(arch, ids):
+    """``probe_dtype="bfloat16"``: the probe computes in bf16 (its perplexity moves, a little), the model stays float32 and unchanged."""
+    model = tiny_model(arch)
+    found = blocks(model)[1]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    exact = PerplexityProbe(model, found, ids[:2])
+    low = PerplexityProbe(model, found, ids[:2], torch.bfloat16)
+    assert low.head.dtype == torch.bfloat16 and exact.head is None
+    for probe_ppl in ((exact.reset(), low.reset()), (exact.without_attention(1), low.without_attention(1))):
+        assert probe_ppl[1] != probe_ppl[0] and probe_ppl[1] == pytest.approx(probe_ppl[0], rel=0.02)
+    assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == torch.float32 for k, v in before.items() if v.is_floating_point())
+    report = prune_structured(model, None, method="2ssp", sparsity=0.3, calib=ids, device="cpu", method_options={"probe_dtype": "bfloat16", "n_attention": 1})
+    assert next(model.parameters()).dtype == torch.float32 and report.removed_attention
+
+
 def test_2ssp_balance_follows_the_paper():
     """N_attn = round(L * s^((P_ffn/P_attn)/alpha)); the FFNs give the rest."""
     shape = Shape(blocks=18, decoder=18 * 5_600_000, block=5_600_000, attention=1_638_400, ffn=3_932_160, neuron=1920, width=2048)

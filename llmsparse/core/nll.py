@@ -32,12 +32,14 @@ def body_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model.base_model(input_ids=ids, use_cache=False)[0]
 
 
-def head_logits(model: nn.Module, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Float32 logits of the vocabulary entries ``start:stop`` for the hidden states ``h`` (soft-capped where the model caps)."""
+def head_logits(model: nn.Module, h: torch.Tensor, start: int = 0, stop: int | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 logits of the vocabulary entries ``start:stop`` for the hidden states ``h`` (soft-capped where the model caps).
+
+    ``weight``: a copy of the head's weight to use instead (a bf16 one: the GEMM in bf16, ``h`` rounded to it)."""
     head = model.get_output_embeddings()
-    weight = head.weight[start:stop]
-    bias = None if getattr(head, "bias", None) is None else head.bias[start:stop]
-    logits = F.linear(h, weight, bias).float()
+    weight = (head.weight if weight is None else weight)[start:stop]
+    bias = None if getattr(head, "bias", None) is None else head.bias[start:stop].to(weight.dtype)
+    logits = F.linear(h.to(weight.dtype), weight, bias).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -45,8 +47,9 @@ def head_logits(model: nn.Module, h: torch.Tensor, start: int = 0, stop: int | N
 
 
 @torch.no_grad()
-def nll_sum(model: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> float:
-    """Summed next-token NLL of ``targets`` (``[n]``) given hidden states ``h`` (``[n, hidden]``), head streamed over the vocabulary."""
+def nll_sum(model: nn.Module, h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """Summed next-token NLL of ``targets`` (``[n]``) given hidden states ``h`` (``[n, hidden]``), head streamed over the vocabulary
+    (``weight``: as :func:`head_logits`; the log-sum-exp stays float32 either way)."""
     n, vocab = targets.numel(), model.get_output_embeddings().weight.shape[0]
     step = max(256, SLICE_BYTES // (4 * max(n, 1)))
     m = torch.full((n,), float("-inf"), device=h.device)
@@ -54,7 +57,7 @@ def nll_sum(model: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> float:
     picked = torch.zeros(n, device=h.device)
     rows = torch.arange(n, device=h.device)
     for start in range(0, vocab, step):
-        z = head_logits(model, h, start, start + step)
+        z = head_logits(model, h, start, start + step, weight)
         inside = (targets >= start) & (targets < start + z.shape[1])
         picked[inside] = z[rows[inside], targets[inside] - start]
         new_m = torch.maximum(m, z.amax(dim=1))

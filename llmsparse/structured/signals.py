@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -116,12 +116,20 @@ class PerplexityProbe:
     :meth:`reset` records every block's output in the model's current state; :meth:`without_attention`
     then replays the blocks before the candidate from that record (exactly what they compute) and
     runs the rest with the candidate's attention output zeroed.
+
+    ``dtype`` (bf16/fp16, or None: the model's own): the probe's matmuls run in it under autocast and
+    the head from a copy of its weight in it, while the log-sum-exp stays float32; the model's own
+    weights are not touched. On Gemma 3 270M the head is most of a probe's work, and a bf16 GEMM runs
+    at about twice the float32 rate on CPUs with AVX-512 BF16 (the reference probes in float16 on GPUs).
     """
 
-    def __init__(self, model: nn.Module, found: list[Block], ids: torch.Tensor):
+    def __init__(self, model: nn.Module, found: list[Block], ids: torch.Tensor, dtype: torch.dtype | None = None):
         self.model, self.found, self.ids = model, found, ids
         self.outputs: list[list] = []
         nll.check_head(model, ids[:1, :32].to(_device(model)))
+        head = model.get_output_embeddings().weight
+        self.dtype = None if dtype in (None, head.dtype) else dtype
+        self.head = None if self.dtype is None else head.detach().to(self.dtype)
 
     @torch.no_grad()
     def reset(self) -> float:
@@ -166,9 +174,12 @@ class PerplexityProbe:
 
     def _ppl(self) -> float:
         total, tokens = 0.0, 0
-        for batch in _batches(self.ids, _device(self.model)):
-            h = nll.body_hidden(self.model, batch)[:, :-1]
+        device = _device(self.model)
+        cast = torch.autocast(device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        for batch in _batches(self.ids, device):
+            with cast:
+                h = nll.body_hidden(self.model, batch)[:, :-1]
             target = batch[:, 1:]
-            total += nll.nll_sum(self.model, h.reshape(-1, h.shape[-1]), target.reshape(-1))
+            total += nll.nll_sum(self.model, h.reshape(-1, h.shape[-1]), target.reshape(-1), self.head)
             tokens += target.numel()
         return math.exp(total / tokens)

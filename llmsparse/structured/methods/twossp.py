@@ -9,7 +9,9 @@ Reference: FabrizioSandri/2SSP ``src/pruning.py`` ``two_stage_2ssp``.
 * Stage 1 (width): keep, in every block, the neurons with the largest L2 norm over the calibration
   tokens of their activation (the output projection's input), averaged over samples.
 * Stage 2 (depth): ``N_attn`` times, remove the attention module whose removal raises the
-  perplexity of the first ``stage2_samples`` calibration samples least (the reference: 1 sample).
+  perplexity of the first ``stage2_samples`` calibration samples least (the reference: 1 sample),
+  probed in the model's dtype or, with ``probe_dtype="bfloat16"``, in bf16 with a float32 log-sum-exp
+  (the reference probes in float16 on a GPU; the model's own weights stay as they are either way).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from ..surgery import narrow_ffn, remove_attention
 
 log = logging.getLogger(__name__)
 
+#: ``probe_dtype`` values: the dtype stage 2's probe computes in (None: the model's own).
+PROBE_DTYPES = {"model": None, "bfloat16": torch.bfloat16}
+
 
 def keep_top(norms: list[torch.Tensor], remove: int) -> list[torch.Tensor]:
     """Per block, the indices of the ``width - remove`` largest norms (ties: the lower index), sorted."""
@@ -49,11 +54,11 @@ def width_stage(model: nn.Module, found: list[Block], ids: torch.Tensor, remove:
     return {"neurons_removed_per_block": remove}
 
 
-def depth_stage(model: nn.Module, found: list[Block], ids: torch.Tensor, count: int) -> list[dict[str, Any]]:
-    """Stage 2: ``count`` greedy removals of the attention module whose removal raises perplexity least."""
+def depth_stage(model: nn.Module, found: list[Block], ids: torch.Tensor, count: int, dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+    """Stage 2: ``count`` greedy removals of the attention module whose removal raises perplexity least (probed in ``dtype``)."""
     steps: list[dict[str, Any]] = []
     removed: list[int] = []
-    probe = PerplexityProbe(model, found, ids)
+    probe = PerplexityProbe(model, found, ids, dtype)
     for _ in range(count):
         before = probe.reset()
         trials = {i: probe.without_attention(i) for i in range(len(found)) if i not in removed}
@@ -75,6 +80,12 @@ class TwoStage(StructuredMethod):
         alpha: float = setting(1.5, "balance of the two stages: N_attn = round(L * s^((P_ffn/P_attn)/alpha))", check=greater_than(0))
         n_attention: int = setting(-1, "attention modules to remove (-1: from alpha)", check=at_least(-1))
         stage2_samples: int = setting(1, "calibration samples whose perplexity ranks attention modules (the reference: 1)", check=at_least(1))
+        probe_dtype: str = setting(
+            "model",
+            "dtype of stage 2's perplexity probe: model (the model's own), or bfloat16 (matmuls and head in bf16, log-sum-exp in float32; "
+            "about twice as fast on CPUs with AVX-512 BF16, logits rounded to 8 bits; the reference probes in float16)",
+            choices=PROBE_DTYPES,
+        )
 
     def budget(self, shape: Shape, sparsity: float) -> Budget:
         n = self.config.n_attention
@@ -90,5 +101,6 @@ class TwoStage(StructuredMethod):
 
     def apply(self, model: nn.Module, found: list[Block], ids: torch.Tensor, budget: Budget) -> dict[str, Any]:
         details = width_stage(model, found, ids, budget.neurons)
-        details["attention_steps"] = depth_stage(model, found, ids[: self.config.stage2_samples], budget.attention)
+        dtype = PROBE_DTYPES[self.config.probe_dtype]
+        details["attention_steps"] = depth_stage(model, found, ids[: self.config.stage2_samples], budget.attention, dtype)
         return details
