@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ISAS", "ISA_ENV", "ISA_FLAGS", "available", "build", "cpu_isa", "load"]
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.cpp", "sparse_simd.cpp", "sparse_bf16.cpp", "quant_linear.cpp", "quant_simd.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.cpp", "sparse_simd.cpp", "sparse_bf16.cpp", "quant_linear.cpp", "quant_simd.cpp", "quant_bf16.cpp")]
 #: Headers the sources include: torch's build cache hashes only the sources, so their hash goes into the flags.
 HEADERS = [Path(__file__).parent / "csrc" / name for name in ("sparse_linear.h", "schedule.h")]
 

@@ -153,7 +153,17 @@ torch::Tensor qrows_matmul(torch::Tensor x, torch::Tensor codes, int64_t bits, t
   auto xp = torch::zeros({T, pitch}, xc.options());
   xp.narrow(1, 0, cols).copy_(xc);
   auto out = torch::empty({w.rows, T}, xc.options().dtype(torch::kFloat32));
+  const llmsparse::QInput layout = bf16 ? llmsparse::qsimd_bf16_input(w) : llmsparse::kNatural;
+  torch::Tensor sums;
+  if (layout != llmsparse::kNatural) {  // the input rearranged to meet the codes where they sit in their bytes
+    auto arranged = torch::zeros_like(xp);
+    sums = torch::empty({T, w.groups}, xc.options().dtype(torch::kFloat32));
+    llmsparse::qsimd_bf16_arrange(layout, w, static_cast<const uint16_t*>(xp.data_ptr()), pitch, T, static_cast<uint16_t*>(arranged.data_ptr()),
+                                  sums.data_ptr<float>());
+    xp = arranged;
+  }
   const void* xd = xp.data_ptr();
+  const float* sd = sums.defined() ? sums.data_ptr<float>() : nullptr;
   float* od = out.data_ptr<float>();
   const int most = at::get_num_threads();
   llmsparse::paced_chunks({w.rows, cols, bits + (w.mask ? 0 : 100), T}, w.rows, chunk_rows(w, most), most, [&](int64_t r0, int64_t r1) {
@@ -165,7 +175,10 @@ torch::Tensor qrows_matmul(torch::Tensor x, torch::Tensor codes, int64_t bits, t
       }
       int64_t first;
       const uint8_t* codes = row_stream(w, r, first, pad);
-      llmsparse::qsimd_row_dot_bf16(w, r, codes, first, static_cast<const uint16_t*>(xd), pitch, T, od + r * T);
+      if (layout != llmsparse::kNatural)
+        llmsparse::qsimd_row_dot_bf16_arranged(layout, w, r, codes, first, static_cast<const uint16_t*>(xd), pitch, sd, T, od + r * T);
+      else
+        llmsparse::qsimd_row_dot_bf16(w, r, codes, first, static_cast<const uint16_t*>(xd), pitch, T, od + r * T);
     }
   });
   auto y = T == 1 ? out.view({1, w.rows}) : out.t().contiguous();

@@ -113,67 +113,39 @@ VBMI_FN inline void step32(const QMatrix& w, int64_t r, int64_t c, const uint8_t
   q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
 }
 
-// Nibble decode for the bf16 path: word i of a vector gets byte (s + i) / 2 of the stream (vpermb indices; the high
-// byte repeats it) and a right shift of 4 when code s + i is a high nibble (vpsrlvw), for stream parity s = 0 and 1.
-struct NibbleWords {
-  alignas(64) uint8_t idx[2][64];
-  alignas(64) uint16_t shift[2][32];
-  NibbleWords() {
-    for (int s = 0; s < 2; ++s)
-      for (int i = 0; i < 32; ++i) {
-        idx[s][2 * i] = idx[s][2 * i + 1] = static_cast<uint8_t>((s + i) / 2);
-        shift[s][i] = static_cast<uint16_t>((s + i) % 2 ? 4 : 0);
-      }
+// bf16 of the integers -16..15, indexed by their low five bits (vpermw reads only those).
+struct Bf16Ints {
+  alignas(64) uint16_t v[32];
+  Bf16Ints() {
+    for (int i = 0; i < 32; ++i) {
+      const float f = static_cast<float>(i < 16 ? i : i - 32);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      v[i] = static_cast<uint16_t>(u >> 16);  // exact: at most 4 significant bits
+    }
   }
 };
-const NibbleWords kNibbleWords;
+const Bf16Ints kBf16Ints;
 
-// The vpermw table of a group: entry j and j + 16 hold bf16(j - 8 - zp) (exact: small integers), so only the low
-// four bits of a decoded word choose the entry and whatever sits above them does not matter.
-BF16_FN inline __m512i code_table(int zp) {
-  const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(8 + zp)));
-  return (__m512i)_mm512_cvtne2ps_pbh(v, v);
-}
-
-// Thirty-two int4 codes from code index e as bf16 words (q - 8 - zp): one vpermb puts each code's byte in its word,
-// one vpsrlvw brings high nibbles down, one vpermw looks the value up. Reads 32 bytes from byte e / 2.
-BF16_FN inline __m512i words32(const uint8_t* codes, int64_t e, __m512i table) {
-  const int s = static_cast<int>(e & 1);
-  const __m512i raw = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (e >> 1))));
-  const __m512i w = _mm512_permutexvar_epi8(_mm512_load_si512(kNibbleWords.idx[s]), raw);  // indices < 17: the cast's upper half is never read
-  return _mm512_permutexvar_epi16(_mm512_srlv_epi16(w, _mm512_load_si512(kNibbleWords.shift[s])), table);
-}
-
-// bf16 activations and int4 codes (AVX-512 BF16): per 32 columns, the next popcount(mask) codes decoded to bf16
-// integers (words32), expanded into the kept columns (vpexpandw, zeros elsewhere) and multiplied with 32 bf16 inputs
-// by vdpbf16ps (products exact, fp32 accumulation; two accumulators per group alternate to hide its latency).
-// x rows hold bf16 bits, `xpitch` apart.
+// bf16 activations and int4 codes (AVX-512 BF16): the 32 codes become bf16 integers (exact) with one vpermw and
+// vdpbf16ps multiplies them with 32 bf16 inputs, accumulating pairs in fp32. x rows hold bf16 bits, `xpitch` apart.
 template <int TB>
 BF16_FN void qrow_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const uint16_t* x, int64_t xpitch, float* out) {
-  const __m512i symmetric = code_table(0);
-  const uint8_t* mask = w.mask ? w.mask + r * w.nb : nullptr;
+  const __m512i table = _mm512_load_si512(kBf16Ints.v);
   __m512 y[TB];
   for (int t = 0; t < TB; ++t) y[t] = _mm512_setzero_ps();
   for (int64_t g = 0; g < w.groups; ++g) {
-    const __m512i table = w.zero ? code_table(w.zero[r * w.groups + g]) : symmetric;
-    __m512 a[2][TB];
-    for (int t = 0; t < TB; ++t) a[0][t] = a[1][t] = _mm512_setzero_ps();
-    int k = 0;
-    for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32, k ^= 1) {
-      __m512i q = words32(codes, e, table);
-      if (mask) {
-        uint32_t m;
-        std::memcpy(&m, mask + c / 8, 4);
-        e += _mm_popcnt_u32(m);
-        q = _mm512_maskz_expand_epi16(m, q);
-      } else {
-        e += 32;
-      }
+    const int zp = w.zero ? w.zero[r * w.groups + g] : 0;
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(8 + zp));
+    __m512 a[TB];
+    for (int t = 0; t < TB; ++t) a[t] = _mm512_setzero_ps();
+    for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32) {
+      const __m512i q = _mm512_permutexvar_epi16(_mm512_cvtepi8_epi16(bytes32(w, r, c, codes, e, bias)), table);
       for (int t = 0; t < TB; ++t)
-        a[k][t] = _mm512_dpbf16_ps(a[k][t], (__m512bh)q, (__m512bh)_mm512_loadu_si512(x + t * xpitch + c));
+        a[t] = _mm512_dpbf16_ps(a[t], (__m512bh)q, (__m512bh)_mm512_loadu_si512(x + t * xpitch + c));
     }
     const __m512 sc = _mm512_set1_ps(scale_at(w, r, g));
-    for (int t = 0; t < TB; ++t) y[t] = _mm512_fmadd_ps(_mm512_add_ps(a[0][t], a[1][t]), sc, y[t]);
+    for (int t = 0; t < TB; ++t) y[t] = _mm512_fmadd_ps(a[t], sc, y[t]);
   }
   for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]);
 }

@@ -71,6 +71,18 @@ bool qsimd_bf16_fits(Isa isa, const QMatrix& w);
 // qsimd_row_dot for bf16 activations (bit patterns, rows `xpitch` apart, zero-padded to a multiple of 32).
 void qsimd_row_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const uint16_t* x, int64_t xpitch, int64_t T, float* out);
 
+// How the bf16 path wants its input (quant_bf16.cpp): as given (kNatural: quant_simd.cpp's table path), or
+// rearranged once per call with per-group sums of x (kEvenOdd: bitmask rows; kFourWay: dense rows, groups of 128k).
+enum QInput : int { kNatural = 0, kEvenOdd = 1, kFourWay = 2 };
+QInput qsimd_bf16_input(const QMatrix& w);
+
+// x [T, xpitch] (bf16 bits) rearranged for `layout` into out (same shape), and sums[t * groups + g] = Σ_{c∈g} x[t, c].
+void qsimd_bf16_arrange(QInput layout, const QMatrix& w, const uint16_t* x, int64_t xpitch, int64_t T, uint16_t* out, float* sums);
+
+// qsimd_row_dot_bf16 for symmetric int4 codes and an input rearranged by qsimd_bf16_arrange (`xsum` its group sums).
+void qsimd_row_dot_bf16_arranged(QInput layout, const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const uint16_t* x, int64_t xpitch,
+                                 const float* xsum, int64_t T, float* out);
+
 // Row r dequantized: `cols` floats written to out (zeros where the mask is clear).
 void qsimd_row_decompress(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, float* out);
 
