@@ -12,11 +12,11 @@
 // * kFourWay (dense rows, groups of 128k columns): 64 bytes hold 128 codes, word k holding the codes of
 //   columns 4k .. 4k+3 in its four nibbles. Shift and mask (no shuffle) give four vectors of 32 words; x is
 //   laid out per 128 columns as column 4k + j at position 32 j + k.
-// * kEvenOdd (bitmask rows): the next 32 codes of the row's stream (from any nibble: a 64-bit funnel
-//   shift) are widened to 32 bytes in stream order, byte-expanded into the kept columns (other columns get
-//   code 8, the value 0: no Σ over kept columns is needed), and a ymm's 16 words then hold the even columns
-//   in their low bytes and the odd ones in their high bytes; x is laid out per 32 columns as the 16 even
-//   columns, then the 16 odd ones.
+// * kEvenOdd (bitmask rows, groups of 64k): the next 64 codes of the row's stream (from any nibble: a 64-bit
+//   vpermb + vpmultishiftqb) are spread to 64 bytes in stream order, byte-expanded into the kept columns (other columns
+//   get code 8, the value 0: no Σ over kept columns is needed), and the vector's 32 words then hold the even
+//   columns in their low bytes and the odd ones in their high bytes; x is laid out per 64 columns as the 32
+//   even columns, then the 32 odd ones.
 // Asymmetric codes and other group sizes take quant_simd.cpp's table path (kNatural).
 
 #include "sparse_linear.h"
@@ -35,18 +35,18 @@ namespace llmsparse {
 
 QInput qsimd_bf16_input(const QMatrix& w) {
   if (w.bits != 4 || w.zero) return kNatural;
-  if (w.mask) return kEvenOdd;
+  if (w.mask) return w.group % 64 == 0 ? kEvenOdd : kNatural;
   return w.group % 128 == 0 ? kFourWay : kNatural;
 }
 
 void qsimd_bf16_arrange(QInput layout, const QMatrix& w, const uint16_t* x, int64_t xpitch, int64_t T, uint16_t* out, float* sums) {
-  const int64_t block = layout == kFourWay ? 128 : 32;
+  const int64_t block = layout == kFourWay ? 128 : 64;
   for (int64_t t = 0; t < T; ++t) {
     const uint16_t* xs = x + t * xpitch;
     uint16_t* o = out + t * xpitch;
     for (int64_t b = 0; b < w.cols; b += block)
       for (int64_t i = 0; i < block; ++i) {
-        const int64_t to = layout == kFourWay ? 32 * (i % 4) + i / 4 : (i % 2) * 16 + i / 2;
+        const int64_t to = layout == kFourWay ? 32 * (i % 4) + i / 4 : (i % 2) * 32 + i / 2;
         o[b + to] = xs[b + i];
       }
     for (int64_t g = 0; g < w.groups; ++g) {
@@ -107,65 +107,61 @@ BF16_FN void four_way(const QMatrix& w, int64_t r, const uint8_t* codes, const u
   for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]) - 136.f * off[t];
 }
 
-// One 32-column step of even_odd: the kept columns' codes as bf16 (128 + q, 136 elsewhere) times x, into a (even) and b (odd).
+// Sixty-four codes from nibble e, one per byte (their upper four bits hold the next code, not cleared): vpermb gives
+// output qword k the source bytes 4k .. 4k+7, vpmultishiftqb takes byte j of it from bit 4 (s + j), s = e & 1.
+struct Nibbles64 {
+  alignas(64) uint8_t gather[64];
+  alignas(64) uint8_t shift[2][64];
+  Nibbles64() {
+    for (int k = 0; k < 8; ++k)
+      for (int j = 0; j < 8; ++j) {
+        gather[8 * k + j] = static_cast<uint8_t>(4 * k + j);
+        for (int s = 0; s < 2; ++s) shift[s][8 * k + j] = static_cast<uint8_t>(4 * (s + j));
+      }
+  }
+};
+const Nibbles64 kNibbles64;
+
+// One 64-column step of even_odd: the kept columns' codes as bf16 (128 + q; 136 elsewhere) times x, into a (even columns) and b (odd).
 template <int TB>
-BF16_FN inline void even_odd_step(const uint8_t* codes, int64_t& e, uint32_t m, const uint16_t* x, int64_t xpitch, __m256* a, __m256* b) {
-  const __m256i nibbles = _mm256_set1_epi16(0x0F0F), low = _mm256_set1_epi16(0x00FF), magic = _mm256_set1_epi16(0x4300);
-  const uint8_t* p = codes + (e >> 1);
-  const __m128i src = _mm_shrdv_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)),
-                                      _mm_set1_epi64x(4 * (e & 1)));  // 16 bytes = the 32 codes from nibble e
-  const __m256i wd = _mm256_cvtepu8_epi16(src);
-  const __m256i bytes = _mm256_ternarylogic_epi32(wd, _mm256_slli_epi16(wd, 4), nibbles, 0xA8);  // (w | w << 4) & 0x0F0F: codes in stream order
-  e += _mm_popcnt_u32(m);
-  const __m256i q = _mm256_mask_expand_epi8(_mm256_set1_epi8(8), m, bytes);
-  const __m256i ev = _mm256_ternarylogic_epi32(q, low, magic, 0xEA);  // even columns: (q & 0xFF) | 0x4300
-  const __m256i od = _mm256_or_si256(_mm256_srli_epi16(q, 8), magic);
+BF16_FN inline void even_odd_step(const uint8_t* codes, int64_t& e, uint64_t m, const uint16_t* x, int64_t xpitch, __m512* a, __m512* b) {
+  const __m512i nib = _mm512_set1_epi16(0x000F), magic = _mm512_set1_epi16(0x4300);
+  const __m512i src = _mm512_permutexvar_epi8(_mm512_load_si512(kNibbles64.gather), _mm512_loadu_si512(codes + (e >> 1)));
+  const __m512i bytes = _mm512_multishift_epi64_epi8(_mm512_load_si512(kNibbles64.shift[e & 1]), src);
+  e += _mm_popcnt_u64(m);
+  const __m512i q = _mm512_mask_expand_epi8(_mm512_set1_epi8(8), m, bytes);
+  const __m512i ev = _mm512_ternarylogic_epi32(q, nib, magic, 0xEA);  // even columns: (q & 0xF) | 0x4300
+  const __m512i od = _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 8), nib, magic, 0xEA);
   for (int t = 0; t < TB; ++t) {
     const uint16_t* xt = x + t * xpitch;
-    a[t] = _mm256_dpbf16_ps(a[t], (__m256bh)ev, (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt)));
-    b[t] = _mm256_dpbf16_ps(b[t], (__m256bh)od, (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + 16)));
+    a[t] = _mm512_dpbf16_ps(a[t], (__m512bh)ev, (__m512bh)_mm512_loadu_si512(xt));
+    b[t] = _mm512_dpbf16_ps(b[t], (__m512bh)od, (__m512bh)_mm512_loadu_si512(xt + 32));
   }
 }
 
-// Bitmask rows. S sets of accumulators take consecutive steps in turn, so vdpbf16ps's latency is not paid once per step.
+// Bitmask rows, 64 columns per step. Each group starts fresh accumulators, so groups overlap in the out-of-order
+// core and vdpbf16ps's latency is not on a chain longer than a group.
 template <int TB>
 BF16_FN void even_odd(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t e, const uint16_t* x, int64_t xpitch, const float* xsum, float* out) {
-  constexpr int S = TB == 1 ? 4 : 2;
   const uint8_t* mask = w.mask + r * w.nb;
-  __m256 y[TB];
+  __m512 y[TB];
   float off[TB];
-  for (int t = 0; t < TB; ++t) y[t] = _mm256_setzero_ps(), off[t] = 0.f;
+  for (int t = 0; t < TB; ++t) y[t] = _mm512_setzero_ps(), off[t] = 0.f;
   for (int64_t g = 0; g < w.groups; ++g) {
-    __m256 a[S][TB], b[S][TB];
-    for (int k = 0; k < S; ++k)
-      for (int t = 0; t < TB; ++t) a[k][t] = b[k][t] = _mm256_setzero_ps();
-    const int64_t c1 = (g + 1) * w.group;
-    int64_t c = g * w.group;
-    for (; c + 32 * S <= c1; c += 32 * S) {
-      uint32_t m[S];
-      std::memcpy(m, mask + c / 8, 4 * S);
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k) even_odd_step<TB>(codes, e, m[k], x + c + 32 * k, xpitch, a[k], b[k]);
-    }
-    for (; c < c1; c += 32) {
-      uint32_t m;
-      std::memcpy(&m, mask + c / 8, 4);
-      even_odd_step<TB>(codes, e, m, x + c, xpitch, a[0], b[0]);
+    __m512 a[TB], b[TB];
+    for (int t = 0; t < TB; ++t) a[t] = b[t] = _mm512_setzero_ps();
+    for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 64) {
+      uint64_t m;
+      std::memcpy(&m, mask + c / 8, 8);
+      even_odd_step<TB>(codes, e, m, x + c, xpitch, a, b);
     }
     const float s = scale_of(w, r * w.groups + g);
-    const __m256 sc = _mm256_set1_ps(s);
     for (int t = 0; t < TB; ++t) {
-      __m256 sum = _mm256_add_ps(a[0][t], b[0][t]);
-      for (int k = 1; k < S; ++k) sum = _mm256_add_ps(sum, _mm256_add_ps(a[k][t], b[k][t]));
-      y[t] = _mm256_fmadd_ps(sum, sc, y[t]);
+      y[t] = _mm512_fmadd_ps(_mm512_add_ps(a[t], b[t]), _mm512_set1_ps(s), y[t]);
       off[t] += s * xsum[t * w.groups + g];
     }
   }
-  for (int t = 0; t < TB; ++t) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(y[t]), _mm256_extractf128_ps(y[t], 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    out[t] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) - 136.f * off[t];
-  }
+  for (int t = 0; t < TB; ++t) out[t] = _mm512_reduce_add_ps(y[t]) - 136.f * off[t];
 }
 
 template <int TB>

@@ -23,7 +23,7 @@ using llmsparse::QMatrix;
 
 namespace {
 
-constexpr int64_t kCodeSlack = 48;  // bytes the SIMD step may read past a row's last code
+constexpr int64_t kCodeSlack = 64;  // bytes the SIMD step may read past a row's last code
 
 int kind_of(const torch::Tensor& t) {
   const auto type = t.scalar_type();

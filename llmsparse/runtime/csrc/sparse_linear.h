@@ -72,7 +72,7 @@ bool qsimd_bf16_fits(Isa isa, const QMatrix& w);
 void qsimd_row_dot_bf16(const QMatrix& w, int64_t r, const uint8_t* codes, int64_t first, const uint16_t* x, int64_t xpitch, int64_t T, float* out);
 
 // How the bf16 path wants its input (quant_bf16.cpp): as given (kNatural: quant_simd.cpp's table path), or
-// rearranged once per call with per-group sums of x (kEvenOdd: bitmask rows; kFourWay: dense rows, groups of 128k).
+// rearranged once per call with per-group sums of x (kEvenOdd: bitmask rows, groups of 64k; kFourWay: dense rows, groups of 128k).
 enum QInput : int { kNatural = 0, kEvenOdd = 1, kFourWay = 2 };
 QInput qsimd_bf16_input(const QMatrix& w);
 
