@@ -143,15 +143,18 @@ def test_a_pack_quantized_export_runs_from_its_dense_codes(tokenizer, calib_ids,
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("rows, cols, group", [(9, 96, 32), (130, 256, 128), (5, 64, -1)])
+@pytest.mark.parametrize("rows, cols, group", [(9, 96, 32), (130, 256, 128), (5, 64, -1), (6, 192, 64), (17, 384, 128), (8, 512, 256), (5, 128, -1)])
 def test_bf16_activations_take_the_bf16_dot_product_path_with_the_same_result(ext, symmetric, rows, cols, group):
-    """bf16 inputs with int4 codes run vdpbf16ps on exact bf16 integers (where the CPU has it): the fp32 path's result, one bf16 rounding apart."""
+    """bf16 inputs with int4 codes run vdpbf16ps on exact bf16 integers (where the CPU has it): the fp32 path's result, one bf16 rounding apart.
+
+    Symmetric codes with groups of 64k (bitmask) or 128k (dense) columns take the rearranged-input kernels
+    (quant_bf16.cpp), whose 128 + q values cancel against 136 Σx: inputs with a large common offset check it."""
     for sparsity in (0.0, 0.6):
         weight, state, reference = quantized(rows, cols, group, 4, symmetric, sparsity)
         for layout in (sparse_layout(weight, state), dense_layout(weight, state)):
             codes, bits, mask, offsets, scale, zero = quant._args(layout)
-            for tokens in (1, 2, 3, 4, 7):
-                x = torch.randn(tokens, cols).bfloat16()
+            for tokens, offset in ((1, 0.0), (2, 0.0), (3, 4.0), (4, 0.0), (7, 0.0), (1, 6.0)):
+                x = (torch.randn(tokens, cols) + offset).bfloat16()
                 got = ext.qrows_matmul(x, codes, bits, mask, offsets, cols, scale, zero, None, kernel.ISAS.index(kernel.cpu_isa()))
                 assert got.dtype == torch.bfloat16
                 expected = (x.double() @ reference.t()).float()
