@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,3 +54,42 @@ def test_an_unknown_head_is_refused():
     model.forward = doubled.__get__(model)
     with pytest.raises(ModelError, match="streamed loss does not know"):
         nll.check_head(model, torch.randint(2, 320, (1, 16)))
+
+
+def _full_logits_ppl(model, ids, seqlen, windows):
+    """The perplexity protocol computed from the model's own logits in float64 (the reference)."""
+    total = 0.0
+    with torch.no_grad():
+        for w in range(windows):
+            x = ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0)
+            logits = model(x, use_cache=False).logits[0, :-1].double()
+            total += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+    return math.exp(total / (windows * (seqlen - 1)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_perplexity_streams_the_head_with_the_logits_result(arch, tokenizer, tmp_path, monkeypatch):
+    """perplexity() sums the streamed NLL where the head allows it; a head it does not know takes the model's own logits. Same number."""
+    from llmsparse.evaluation import ppl
+
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(f"line {i} of some words to read, number {i * 7 % 13}" for i in range(200)))
+    model = tiny_model(arch).eval()
+    ids = tokenizer(ppl.eval_text(str(text)), return_tensors="pt").input_ids[0]
+    expected = _full_logits_ppl(model, ids, 32, 3)
+    calls = []
+    original = nll.nll_sum
+    monkeypatch.setattr(ppl.streamed, "nll_sum", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert ppl.perplexity(model, tokenizer, str(text), seqlen=32, windows=3).ppl == pytest.approx(expected, rel=1e-6)
+    assert len(calls) == 4  # the head check, then one per window
+
+    class Head(torch.nn.Linear):  # not a plain Linear: the streamed path stays out
+        pass
+
+    head = model.get_output_embeddings()
+    wrapped = Head(head.in_features, head.out_features, bias=False)
+    wrapped.weight = head.weight
+    model.set_output_embeddings(wrapped)
+    calls.clear()
+    assert ppl.perplexity(model, tokenizer, str(text), seqlen=32, windows=3).ppl == pytest.approx(expected, rel=1e-6)
+    assert not calls

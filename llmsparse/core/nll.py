@@ -66,11 +66,20 @@ def nll_sum(model: nn.Module, h: torch.Tensor, targets: torch.Tensor, weight: to
     return float((m + s.log() - picked).double().sum())
 
 
+def plain_head(model: nn.Module) -> bool:
+    """True when the head is a plain ``nn.Linear`` with its float weight at hand (not quantized, not offloaded by accelerate)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return type(head) is nn.Linear and head.weight.is_floating_point() and not head.weight.is_meta and not hasattr(head, "_hf_hook")
+
+
 @torch.no_grad()
 def check_head(model: nn.Module, ids: torch.Tensor) -> None:
     """Refuse a model whose own loss on ``ids`` (``[1, tokens]``) is not head + cross-entropy of its body's output."""
     own = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
     h = body_hidden(model, ids)[0, :-1]
+    width = model.get_output_embeddings().weight.shape[1]
+    if h.dim() != 2 or h.shape[-1] != width:
+        raise ModelError(f"{type(model).__name__}: its body's output is not [tokens, {width}] hidden states; llmsparse's streamed loss does not know this model")
     ours = nll_sum(model, h, ids[0, 1:]) / (ids.shape[1] - 1)
     if abs(own - ours) > 1e-3 * max(abs(own), 1.0):
         raise ModelError(
