@@ -143,7 +143,7 @@ def test_a_pack_quantized_export_runs_from_its_dense_codes(tokenizer, calib_ids,
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("rows, cols, group", [(9, 96, 32), (130, 256, 128), (5, 64, -1), (6, 192, 64), (17, 384, 128), (8, 512, 256), (5, 128, -1)])
+@pytest.mark.parametrize("rows, cols, group", [(9, 96, 32), (130, 256, 128), (5, 64, -1), (6, 192, 64), (17, 384, 128), (8, 512, 256), (5, 128, -1), (5, 6400, 128)])
 def test_bf16_activations_take_the_bf16_dot_product_path_with_the_same_result(ext, symmetric, rows, cols, group):
     """bf16 inputs with int4 codes run vdpbf16ps on exact bf16 integers (where the CPU has it): the fp32 path's result, one bf16 rounding apart.
 
