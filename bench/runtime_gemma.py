@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--busy", action="store_true", help="quant, e2e-quant: run while another process does a dense matmul loop")
+    parser.add_argument("--threads", type=int, help="quant: torch's (and the kernels') thread count (default: all)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument(
         "--workdir", default=str(Path(os.environ.get("LLMSPARSE_CACHE", Path.home() / ".cache" / "llmsparse")) / "bench-runtime")
@@ -257,12 +258,14 @@ def main() -> None:
     elif args.part == "quant":
         from _runtime_quant import table
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         table(
             args.repeats,
             [int(b) for b in args.batches.split(",")],
             args.busy,
             median_times,
-            f"{machine_header()}; load average {load_average()}",
+            f"{machine_header()}; load average {load_average()}" + (f"; {args.threads} thread(s)" if args.threads else ""),
         )
     elif args.part == "e2e-quant":
         from _runtime_quant import e2e as quant_e2e
