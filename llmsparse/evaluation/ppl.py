@@ -75,12 +75,13 @@ def perplexity(model, tokenizer, source: str, seqlen: int = 1024, windows: int |
         raise EvaluationError(f"{source} has {ids.numel()} tokens, fewer than one window of {seqlen}")
     device = next(model.parameters()).device
     stream = _streams(model, ids[: min(32, seqlen)].unsqueeze(0).to(device))
+    head = model.get_output_embeddings().weight.device if stream else None
     nll = 0.0
     for w in tqdm(range(count), desc="perplexity", leave=False):
         x = ids[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
-        if stream:
-            h = streamed.body_hidden(model, x)[0, :-1]
-            nll += streamed.nll_sum(model, h.to(model.get_output_embeddings().weight.device), x[0, 1:].to(h.device))
+        if stream:  # the head's device holds the hidden states and targets (a device map may put it last)
+            h = streamed.body_hidden(model, x)[0, :-1].to(head)
+            nll += streamed.nll_sum(model, h, x[0, 1:].to(head))
             continue
         logits = model(x, use_cache=False).logits[0, :-1].float()
         nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()

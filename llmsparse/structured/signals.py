@@ -120,7 +120,7 @@ class PerplexityProbe:
     ``dtype`` (bf16/fp16, or None: the model's own): the probe's matmuls run in it under autocast and
     the head from a copy of its weight in it, while the log-sum-exp stays float32; the model's own
     weights are not touched. On Gemma 3 270M the head is most of a probe's work, and a bf16 GEMM runs
-    at about twice the float32 rate on CPUs with AVX-512 BF16 (the reference probes in float16 on GPUs).
+    faster than a float32 one on CPUs with AVX-512 BF16 and on GPUs (the reference probes in float16).
     """
 
     def __init__(self, model: nn.Module, found: list[Block], ids: torch.Tensor, dtype: torch.dtype | None = None):
@@ -175,9 +175,8 @@ class PerplexityProbe:
     def _ppl(self) -> float:
         total, tokens = 0.0, 0
         device = _device(self.model)
-        cast = torch.autocast(device.type, dtype=self.dtype) if self.dtype else nullcontext()
         for batch in _batches(self.ids, device):
-            with cast:
+            with torch.autocast(device.type, dtype=self.dtype) if self.dtype else nullcontext():
                 h = nll.body_hidden(self.model, batch)[:, :-1]
             target = batch[:, 1:]
             total += nll.nll_sum(self.model, h.reshape(-1, h.shape[-1]), target.reshape(-1), self.head)

@@ -83,7 +83,7 @@ class TwoStage(StructuredMethod):
         probe_dtype: str = setting(
             "model",
             "dtype of stage 2's perplexity probe: model (the model's own), or bfloat16 (matmuls and head in bf16, log-sum-exp in float32; "
-            "about twice as fast on CPUs with AVX-512 BF16, logits rounded to 8 bits; the reference probes in float16)",
+            "faster where bf16 matmuls are, e.g. CPUs with AVX-512 BF16; logits rounded to 8 bits; the reference probes in float16)",
             choices=PROBE_DTYPES,
         )
 
